@@ -1,0 +1,181 @@
+"""The paper's tables from tidy scores: Table 1, Table 2, aggregate and ablation tables; Markdown, CSV, LaTeX."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import ATARI_100K_GAMES, paper
+from analysis.scores import final_scores, normalise
+from analysis.stats import METRICS, Interval
+
+METRIC_LABELS = {"median": "Median", "iqm": "IQM", "mean": "Mean", "optimality_gap": "Optimality gap"}
+TABLE2_STEPS = list(paper.TABLE2_STEPS.values())
+
+
+@dataclass
+class Table:
+    """A table to publish: string cells, which cells are bold, a caption."""
+
+    frame: pd.DataFrame  # index = row labels, all cells already formatted as strings
+    caption: str
+    bold: pd.DataFrame | None = None  # same shape as frame, True where the cell is the best
+    notes: list[str] = field(default_factory=list)
+
+    def _cells(self, bold_fmt: str) -> pd.DataFrame:
+        cells = self.frame.copy()
+        if self.bold is not None:
+            cells = cells.where(~self.bold, self.frame.map(lambda v: bold_fmt.format(v)))
+        return cells
+
+    def to_markdown(self) -> str:
+        """GitHub Markdown with the best cells in **bold**."""
+        cells = self._cells("**{}**")
+        head = [self.frame.index.name or ""] + [str(c) for c in cells.columns]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([str(i)] + list(row)) + " |" for i, row in zip(cells.index, cells.values)]
+        text = f"**{self.caption}**\n\n" + "\n".join(lines) + "\n"
+        return text + "".join(f"\n{n}\n" for n in self.notes)
+
+    def to_latex(self) -> str:
+        """A LaTeX tabular (booktabs) with the best cells in \\textbf."""
+        def esc(v: str) -> str:
+            return str(v).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("ε", r"$\varepsilon$")
+
+        cells = self.frame.map(esc)
+        if self.bold is not None:
+            cells = cells.where(~self.bold, cells.map(lambda v: rf"\textbf{{{v}}}"))
+        head = [esc(self.frame.index.name or "")] + [esc(c) for c in cells.columns]
+        body = [" & ".join([esc(i)] + list(row)) + r" \\" for i, row in zip(cells.index, cells.values)]
+        return "\n".join(
+            [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.caption)}}}",
+             r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule", " & ".join(head) + r" \\",
+             r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        )
+
+    def write(self, out_dir: Path, stem: str) -> list[Path]:
+        """Write `stem`.md, .csv and .tex into `out_dir`; return the paths."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
+        paths[0].write_text(self.to_markdown())
+        self.frame.to_csv(paths[1])
+        paths[2].write_text(self.to_latex())
+        return paths
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def per_game_means(tidy: pd.DataFrame) -> pd.Series:
+    """Mean final score over runs for each game (index: game)."""
+    return final_scores(tidy).groupby("game")["score"].mean()
+
+
+def _normalised_rows(means: pd.DataFrame) -> pd.DataFrame:
+    """'Normalized Mean' / 'Normalized Median' of per-game mean scores (NaN where a game is missing)."""
+    hns = means.apply(lambda col: pd.Series(normalise(col.to_numpy(), col.index.to_numpy()), index=col.index))
+    complete = hns.notna().all()
+    mean = hns.mean().where(complete)
+    median = hns.median().where(complete)
+    return pd.DataFrame([mean, median], index=["Normalized Mean", "Normalized Median"])
+
+
+def table1(ours: dict[str, pd.DataFrame]) -> Table:
+    """Paper Table 1 layout: per-game means of the paper's methods with our runs beside them, best in bold."""
+    ref = paper.table1()
+    means = pd.DataFrame({paper.TABLE1_METHODS[c]: ref[c] for c in paper.TABLE1_METHODS})
+    for label, tidy in ours.items():
+        means[label] = per_game_means(tidy).reindex(list(ATARI_100K_GAMES))
+    norm = _normalised_rows(means)
+    body = means.map(_fmt)
+    shown = means.round(1)
+    bold = shown.eq(shown.max(axis=1), axis=0)
+    norm = norm.round(3)
+    agg = norm.map(lambda v: _fmt(v, 3))
+    agg_bold = pd.DataFrame(False, index=norm.index, columns=norm.columns)
+    agg_bold.loc["Normalized Mean"] = norm.loc["Normalized Mean"].eq(norm.loc["Normalized Mean"].max())
+    agg_bold.loc["Normalized Median"] = norm.loc["Normalized Median"].eq(norm.loc["Normalized Median"].max())
+    frame = pd.concat([body, agg])
+    bold_all = pd.concat([bold, agg_bold])
+    frame.insert(0, "Human", list(ref["human"].map(_fmt)) + ["1.000", "1.000"])
+    frame.insert(0, "Random", list(ref["random"].map(_fmt)) + ["0.000", "0.000"])
+    bold_all.insert(0, "Human", False)
+    bold_all.insert(0, "Random", False)
+    frame.index.name = "Game"
+    return Table(
+        frame, "Table 1: mean scores per game (final score over runs) and human-normalised mean and median; "
+        "paper columns are the paper's Table 1, bold is the best method per row.", bold_all,
+    )
+
+
+def _scores_at(tidy: pd.DataFrame, step: int) -> pd.Series:
+    """Mean score over runs at one env step (the final score for the last step) per game."""
+    rows = tidy[tidy["env_step"] == step]
+    return rows.groupby("game")["score"].mean().reindex(list(ATARI_100K_GAMES))
+
+
+def table2(ours: pd.DataFrame, label: str = "Ours") -> Table:
+    """Paper Table 2 layout: our scores at 5K/10K/25K/50K/75K/100K interactions beside SimPLe and SPR."""
+    ref = paper.table2()
+    means = pd.DataFrame({"SimPLe": ref["SimPLe"], "SPR": ref["SPR"]})
+    for step in TABLE2_STEPS:
+        means[f"{label} {step // 1000}K"] = _scores_at(ours, step)
+    norm = _normalised_rows(means).loc[["Normalized Mean"]]
+    paper_row = ["0.332", "0.616"] + [_fmt(paper.table2_normalized_mean()[c], 3) for c in paper.TABLE2_STEPS]
+    frame = pd.concat([means.map(_fmt), norm.map(lambda v: _fmt(v, 3))])
+    frame.loc["Paper TWM Normalized Mean"] = paper_row
+    frame.insert(0, "Human", list(ref["human"].map(_fmt)) + ["1.000", "1.000"])
+    frame.insert(0, "Random", list(ref["random"].map(_fmt)) + ["0.000", "0.000"])
+    frame.index.name = "Game"
+    return Table(
+        frame, f"Table 2: {label} at different numbers of interactions (mean over runs; '–' = not logged) "
+        "beside the final scores of SimPLe and SPR; the last row is the paper's TWM.",
+    )
+
+
+def _interval_cell(iv: Interval, with_ci: bool) -> str:
+    return f"{iv.point:.3f} ({iv.lo:.3f}–{iv.hi:.3f})" if with_ci else f"{iv.point:.3f}"
+
+
+def aggregate_table(
+    intervals: dict[str, dict[str, Interval]], runs: dict[str, int], above_human: dict[str, int],
+    caption: str = "Aggregate human-normalised metrics with 95% stratified bootstrap CIs",
+    poi: dict[str, Interval] | None = None,
+) -> Table:
+    """One row per method: median, IQM, mean, optimality gap (point and CI), runs per game, games >= human."""
+    rows, notes = {}, []
+    for name, ivs in intervals.items():
+        with_ci = runs[name] > 1
+        row = {METRIC_LABELS[m]: _interval_cell(ivs[m], with_ci) for m in METRICS}
+        row["Runs/game"] = str(runs[name])
+        row["Games ≥ human"] = str(above_human[name])
+        if poi is not None:
+            row["P(improve over base)"] = _interval_cell(poi[name], True) if name in poi else "–"
+        rows[name] = row
+        if not with_ci:
+            notes.append(f"{name}: per-game means only, no CIs.")
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "Method"
+    return Table(frame, caption, notes=notes)
+
+
+def per_game_table(methods: dict[str, pd.DataFrame], caption: str) -> Table:
+    """Per-game mean final scores of several methods/variants side by side, best in bold."""
+    means = pd.DataFrame({k: per_game_means(v) for k, v in methods.items()}).reindex(list(ATARI_100K_GAMES))
+    means = means.dropna(how="all")
+    frame = means.map(_fmt)
+    frame.index.name = "Game"
+    shown = means.round(1)
+    return Table(frame, caption, shown.eq(shown.max(axis=1), axis=0))
+
+
+def runs_per_game_table(methods: dict[str, pd.DataFrame]) -> Table:
+    """How many finished runs each method/variant has per game."""
+    counts = {k: final_scores(v).groupby("game")["seed"].nunique() for k, v in methods.items()}
+    frame = pd.DataFrame(counts).reindex(list(ATARI_100K_GAMES)).fillna(0).astype(int).astype(str)
+    frame.index.name = "Game"
+    return Table(frame, "Finished runs per game")
