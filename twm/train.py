@@ -1,0 +1,448 @@
+"""One TWM run on one game and seed (spec §1, §10): prefill, pretraining, main loop, evaluations.
+
+The run is resumable: `train()` on a run directory holding a checkpoint continues from it exactly
+(models, optimizers, buffer, visit counts, RNG states, emulator state, schedule position).
+Checkpoints are taken only at safe points (between train steps, between pretraining epochs, and
+right before every evaluation), so a resumed run takes the same path as an uninterrupted one.
+A stop request (signal) is honoured at the next safe point: checkpoint, then `StopRequested`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from twm.agent import Agent
+from twm.checkpoint import (
+    env_state,
+    list_checkpoints,
+    load_checkpoint,
+    restore_env_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from twm.config import Config
+from twm.envs import evaluate, make_env, num_actions
+from twm.replay import ReplayBuffer
+from twm.schedule import Interleave, compute_budget
+from twm.tracking import Tracker
+
+CHECKPOINT_FORMAT = 1
+
+
+class StopRequested(Exception):
+    """A signal asked the run to stop; a checkpoint was written (or nothing was worth saving)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or metric became NaN/inf; the run stops and its last good checkpoint stays."""
+
+
+@dataclass
+class RunState:
+    """Scalar progress of a run, saved in every checkpoint."""
+
+    phase: str = "prefill"  # prefill | pretrain_obs | pretrain_dyn | pretrain_ac | main | final
+    budget_left: float = 0.0  # samples left in the current pretraining phase
+    updates: int = 0  # every optimisation call so far (pretraining included)
+    train_steps: int = 0  # main-loop train steps
+    interleave_counter: float = 0.0
+    last_eval: int = 0  # env step of the last evaluation
+    reset_seed: int = 0  # training env reset seed, s <- 3s + 13 at every episode end
+    episode_return: float = 0.0  # raw return of the current training game
+    evals: list[list[float]] = field(default_factory=list)  # [env_step, mean return]
+    wall_s: float = 0.0  # wall-clock of earlier attempts
+    attempt: int = 1
+
+
+@dataclass
+class RunSummary:
+    game: str
+    seed: int
+    final_score: float
+    episodes: list[float]
+    env_steps: int
+    train_steps: int
+    wall_s: float
+    run_dir: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Owns the env, agent, buffer and schedule of one run; `run()` drives it to the end."""
+
+    def __init__(self, config: Config, game: str, seed: int, run_dir: Path, tracker: Tracker | None = None,
+                 *, progress: bool = True):
+        self.config, self.game, self.seed = config, game, seed
+        self.run_dir = Path(run_dir)
+        self.tracker = tracker
+        self.progress = progress
+        self.stop_requested = False
+        self.in_evaluation = False
+        self.device = resolve_device(config.runtime.device)
+        if config.runtime.threads > 0:
+            torch.set_num_threads(config.runtime.threads)
+        self.budget = compute_budget(config)
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.env = make_env(game, config.env)
+        self.env.action_space.seed(seed)  # prefill actions (unseeded in the released code)
+        self.agent = Agent(config, num_actions(game), self.device)
+        obs_shape = (config.env.frame_stack, config.env.screen_size, config.env.screen_size)
+        self.buffer = ReplayBuffer(config.buffer.capacity, obs_shape, self.device)
+        self.policy = self.agent.make_policy(1)
+        self.state = RunState(reset_seed=(seed + 1) * 7979)
+        self.interleave = Interleave(self.budget.train_every)
+        self._started = time.monotonic()
+        self._last_checkpoint = time.monotonic()
+        self._metric_sums: dict[str, float] = {}
+        self._metric_count = 0
+        self._bar: tqdm | None = None
+
+    # ------------------------------------------------------------------------------ plumbing
+    def log(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def wall_s(self) -> float:
+        return self.state.wall_s + time.monotonic() - self._started
+
+    def write_status(self, state: str) -> None:
+        last = self.state.evals[-1] if self.state.evals else None
+        write_json_atomic(self.run_dir / "status.json", {
+            "state": state,
+            "phase": self.state.phase,
+            "env_step": self.buffer.size,
+            "total_env_steps": self.config.buffer.capacity,
+            "train_steps": self.state.train_steps,
+            "last_eval_return": last[1] if last else None,
+            "last_eval_step": int(last[0]) if last else None,
+            "started": time.time() - (time.monotonic() - self._started),
+            "updated": time.time(),
+            "wall_s": self.wall_s(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+            "attempt": self.state.attempt,
+        })
+
+    def record(self, metrics: dict[str, torch.Tensor], what: str) -> None:
+        """Check an update's metrics for NaN/inf (one host sync) and accumulate them for logging."""
+        self.state.updates += 1
+        names = list(metrics)
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).cpu().numpy()
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = ", ".join(f"{names[i]}={values[i]}" for i in np.flatnonzero(~finite))
+            raise NonFiniteLossError(f"non-finite loss in {what} at update {self.state.updates}: {bad}")
+        for k, v in zip(names, values, strict=True):
+            self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
+        self._metric_count += 1
+
+    def flush_metrics(self, extra: dict[str, float] | None = None) -> None:
+        metrics = {k: v / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
+        metrics.update(extra or {})
+        if self.tracker and metrics:
+            self.tracker.log_metrics(metrics, step=self.buffer.size)
+        self._metric_sums, self._metric_count = {}, 0
+
+    # --------------------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> None:
+        self.state.interleave_counter = self.interleave.counter
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "game": self.game,
+            "seed": self.seed,
+            "config": self.config.to_json(),
+            "state": json.dumps(asdict(self.state) | {"wall_s": self.wall_s()}),
+            "agent": self.agent.state_dict(),
+            "optimizers": self.agent.optimizer_state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": rng_state(),
+            "env": env_state(self.env),
+        }
+        path = save_checkpoint(self.run_dir, state, keep=self.config.runtime.keep_checkpoints)
+        self._last_checkpoint = time.monotonic()
+        self.write_status("running")
+        self.log(f"checkpoint {path.name} at env step {self.buffer.size} ({self.state.phase})")
+
+    def restore(self) -> bool:
+        """Continue from the newest checkpoint if there is one; a corrupt one raises CheckpointError."""
+        checkpoints = list_checkpoints(self.run_dir)
+        if not checkpoints:
+            return False
+        ckpt = load_checkpoint(checkpoints[-1])
+        if Config.from_json(ckpt["config"]).hash() != self.config.hash():
+            raise ValueError(f"{checkpoints[-1]} was written with a different configuration")
+        self.agent.load_state_dict(ckpt["agent"])
+        self.agent.load_optimizer_state_dict(ckpt["optimizers"])
+        self.buffer.load_state_dict(ckpt["buffer"])
+        self.state = RunState(**json.loads(ckpt["state"]))
+        self.state.attempt += 1
+        self.interleave.counter = self.state.interleave_counter
+        restore_env_state(self.env, ckpt["env"])
+        set_rng_state(ckpt["rng"])
+        self.log(f"resumed from checkpoint {checkpoints[-1].name} at env step {self.buffer.size} "
+                 f"({self.state.phase}, attempt {self.state.attempt})")
+        return True
+
+    def safe_point(self, *, force: bool = False) -> None:
+        """Where a checkpoint is consistent: take one when due, and honour a stop request."""
+        interval = self.config.runtime.checkpoint_interval_s
+        if force or self.stop_requested or time.monotonic() - self._last_checkpoint >= interval:
+            self.checkpoint()
+        if self.stop_requested:
+            raise StopRequested(f"stopped at env step {self.buffer.size} after a checkpoint")
+
+    def request_stop(self) -> None:
+        """Called from a signal handler. During an evaluation, stop at once: the checkpoint
+        written just before it makes the resumed run redo that evaluation identically."""
+        self.stop_requested = True
+        if self.in_evaluation:
+            raise StopRequested("stopped during an evaluation; it is redone on resume")
+
+    # ------------------------------------------------------------------------------ the run
+    def run(self) -> RunSummary:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.restore()
+        if self.tracker:
+            params = self.config.to_dict() | {"game": self.game, "seed": self.seed}
+            self.tracker.start(params, run_id=self._saved_run_id())
+            write_json_atomic(self.run_dir / "mlflow_run.json",
+                              {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
+            self.tracker.set_status("running")
+        self.write_status("running")
+        self._bar = tqdm(total=self.config.buffer.capacity, initial=self.buffer.size, unit="step",
+                         desc=f"{self.game} s{self.seed}", disable=not self.progress, dynamic_ncols=True)
+        try:
+            return self._run_phases()
+        except StopRequested:
+            self.write_status("interrupted")
+            if self.tracker:
+                self.tracker.set_status("interrupted")
+            raise
+        except Exception as err:
+            (self.run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n")
+            self.write_status("failed")
+            if self.tracker:
+                self.tracker.close("failed")
+            raise
+        finally:
+            self._bar.close()
+            self._bar = None
+
+    def _run_phases(self) -> RunSummary:
+        if self.state.phase == "prefill":
+            self.prefill()
+        if self.state.phase == "pretrain_obs":
+            self.pretrain_obs()
+        if self.state.phase == "pretrain_dyn":
+            self.pretrain_dyn()
+        if self.state.phase == "pretrain_ac":
+            self.pretrain_ac()
+        if self.state.phase == "main":
+            self.main_loop()
+        return self.final_evaluation()
+
+    def _saved_run_id(self) -> str | None:
+        path = self.run_dir / "mlflow_run.json"
+        return json.loads(path.read_text())["run_id"] if path.exists() else None
+
+    def env_step(self, action: int) -> None:
+        """One real interaction (spec §2.2); episode ends reset with seed s <- 3s + 13."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.state.episode_return += float(reward)
+        stored = math.tanh(reward) if self.config.env.reward_transform == "tanh" else float(reward)
+        done = terminated or truncated
+        self.policy.observe(np.array([stored], dtype=np.float32), np.array([done]))
+        if done:
+            game_over = truncated or info.get("lives", 0) == 0
+            if game_over:
+                self.flush_metrics({"train/return": self.state.episode_return})
+                self.state.episode_return = 0.0
+                self.policy.reset(0)
+            self.state.reset_seed = 3 * self.state.reset_seed + 13
+            obs, _ = self.env.reset(seed=self.state.reset_seed)
+        self.buffer.append(action, stored, terminated, truncated, obs)
+        self._bar.update(1)
+
+    def prefill(self) -> None:
+        """Uniformly random actions; these interactions count toward the total (spec §1.2)."""
+        obs, _ = self.env.reset(seed=self.state.reset_seed)
+        self.buffer.set_current_obs(obs)
+        self.policy.reset(0)
+        self._bar.set_postfix_str("prefill")
+        for _ in range(self.config.buffer.prefill):
+            if self.stop_requested:
+                raise StopRequested("stopped during prefill (nothing worth a checkpoint yet)")
+            self.env_step(int(self.env.action_space.sample()))
+        self.state.phase, self.state.budget_left = "pretrain_obs", self.budget.obs_pretrain
+        self.safe_point(force=True)
+
+    def _pretrain(self, phase: str, desc: str, epoch, step) -> None:
+        """Run epochs of `step(batch) -> samples` until this phase's budget is spent."""
+        total = {"pretrain_obs": self.budget.obs_pretrain, "pretrain_dyn": self.budget.dyn_pretrain,
+                 "pretrain_ac": self.budget.ac_pretrain}[phase]
+        with tqdm(total=int(total), initial=int(total - self.state.budget_left), unit="sample", desc=desc,
+                  disable=not self.progress, leave=False, dynamic_ncols=True) as bar:
+            while self.state.budget_left > 0:
+                for batch in epoch():
+                    used = step(batch)
+                    self.state.budget_left -= used
+                    bar.update(used)
+                    if self.state.budget_left <= 0:
+                        break
+                if self._metric_count >= 200:
+                    self.flush_metrics()
+                self.safe_point()
+        self.flush_metrics()
+
+    def pretrain_obs(self) -> None:
+        """Observation model on single frame stacks, chunks of N*l (spec §10.2.1)."""
+        chunk = self.config.wm.batch_size * self.config.wm.sequence_length
+
+        def step(index: torch.Tensor) -> int:
+            self.record(self.agent.pretrain_obs_step(self.buffer.obs[index.to(self.device)]), "pretrain_obs")
+            return len(index)
+
+        self._pretrain("pretrain_obs", "pretrain φ", lambda: torch.randperm(self.buffer.size).split(chunk), step)
+        self.state.phase, self.state.budget_left = "pretrain_dyn", self.budget.dyn_pretrain
+        self.safe_point(force=True)
+
+    def cached_logits(self) -> torch.Tensor:
+        return self.agent.encode_logits(self.buffer.obs[: self.buffer.size + 1])
+
+    def pretrain_dyn(self) -> None:
+        """Dynamics model on cached encoder logits, uniform non-overlapping sequences (§10.2.3)."""
+        logits, wm = self.cached_logits(), self.config.wm
+
+        def step(starts: torch.Tensor) -> int:
+            batch = self.buffer.gather(starts, wm.sequence_length, logits=logits)
+            self.record(self.agent.pretrain_dyn_step(batch), "pretrain_dyn")
+            return len(starts) * wm.sequence_length
+
+        self._pretrain("pretrain_dyn", "pretrain ψ",
+                       lambda: self.buffer.uniform_epoch(wm.sequence_length, wm.batch_size), step)
+        self.state.phase, self.state.budget_left = "pretrain_ac", self.budget.ac_pretrain
+        self.safe_point(force=True)
+
+    def pretrain_ac(self) -> None:
+        """Actor-critic on real latent sequences: critic regression, pure entropy actor (§10.2.4)."""
+        logits, ac = self.cached_logits(), self.config.ac
+
+        def step(starts: torch.Tensor) -> int:
+            batch = self.buffer.gather(starts, ac.horizon, logits=logits)
+            self.record(self.agent.pretrain_ac_step(batch), "pretrain_ac")
+            return len(starts) * ac.horizon
+
+        self._pretrain("pretrain_ac", "pretrain actor-critic",
+                       lambda: self.buffer.uniform_epoch(ac.horizon, ac.batch_size), step)
+        self.state.phase = "main"
+        self.safe_point(force=True)
+
+    def main_loop(self) -> None:
+        """Alternate one env step with 1/train_every train steps on average (spec §10.3)."""
+        cfg = self.config
+        self._bar.set_postfix_str("main")
+        last_log, log_start = time.monotonic(), (self.buffer.size, self.state.train_steps)
+        while self.buffer.size < cfg.buffer.capacity:
+            if self.buffer.size - self.state.last_eval >= cfg.schedule.eval_every:
+                self.evaluation(cfg.schedule.eval_episodes)
+            action = int(self.policy.act(self.buffer.obs[self.buffer.size][None].cpu().numpy())[0])
+            self.env_step(action)
+            for _ in range(self.interleave.after_env_step()):
+                self.train_step()
+            if time.monotonic() - last_log > 30 or self._metric_count >= 500:
+                elapsed = time.monotonic() - last_log
+                self.flush_metrics({
+                    "perf/env_steps_per_s": (self.buffer.size - log_start[0]) / elapsed,
+                    "perf/train_steps_per_s": (self.state.train_steps - log_start[1]) / elapsed,
+                })
+                last_log, log_start = time.monotonic(), (self.buffer.size, self.state.train_steps)
+            self.safe_point()
+        self.state.phase = "final"
+
+    def train_step(self) -> None:
+        """One world-model update, imagination and actor-critic update on a balanced batch."""
+        wm = self.config.wm
+        starts = self.buffer.sample_starts(wm.batch_size, wm.sequence_length, self.config.buffer.temperature)
+        batch = self.buffer.gather(starts, wm.sequence_length)
+        self.record(self.agent.train_step(batch, self.buffer.sample_obs), "train_step")
+        self.state.train_steps += 1
+
+    def evaluation(self, episodes: int) -> np.ndarray:
+        """Whole-game evaluation with parallel envs (spec §2.3); checkpointed just before."""
+        self.safe_point(force=True)
+        num_envs = self.config.runtime.eval_envs or min(episodes, os.cpu_count() or 1)
+        self._bar.set_postfix_str(f"evaluating {episodes} episodes")
+        started = time.monotonic()
+        self.in_evaluation = True
+        try:
+            scores = evaluate(self.game, self.config.env, self.agent.make_policy(num_envs), episodes, num_envs,
+                              seed=(self.seed + 13) * 7919 + 13)
+        finally:
+            self.in_evaluation = False
+        step = self.buffer.size
+        self.state.last_eval = step
+        self.state.evals.append([step, float(scores.mean())])
+        self.log(f"eval at {step}: return {scores.mean():.1f} ± {scores.std():.1f} over {episodes} games "
+                 f"({time.monotonic() - started:.0f}s)")
+        if self.tracker:
+            self.tracker.log_metrics({"eval/return": float(scores.mean()), "eval/return_std": float(scores.std()),
+                                      "eval/episodes": episodes}, step=step, flush=True)
+        self._bar.set_postfix_str(f"main, last eval {scores.mean():.1f}")
+        self.write_status("running")
+        return scores
+
+    def final_evaluation(self) -> RunSummary:
+        scores = self.evaluation(self.config.schedule.final_eval_episodes)
+        summary = RunSummary(self.game, self.seed, float(scores.mean()), scores.tolist(), self.buffer.size,
+                             self.state.train_steps, self.wall_s(), str(self.run_dir))
+        write_json_atomic(self.run_dir / "final_scores.json", asdict(summary))
+        if self.tracker:
+            self.tracker.log_metrics({"final/score": summary.final_score,
+                                      "final/score_std": float(scores.std())}, step=self.buffer.size)
+            self.tracker.log_json("final_scores.json", asdict(summary))
+            self.tracker.close("done")
+        self.write_status("done")
+        write_json_atomic(self.run_dir / "DONE", {
+            "final_score": summary.final_score, "episodes": len(scores), "env_steps": summary.env_steps,
+            "wall_s": summary.wall_s, "config_hash": self.config.hash()})
+        self.log(f"done: final score {summary.final_score:.2f} over {len(scores)} games; outputs in {self.run_dir}")
+        return summary
+
+
+def train(config: Config, game: str, seed: int, run_dir: Path, tracker: Tracker | None = None,
+          *, progress: bool = True) -> RunSummary:
+    """Run (or resume) one TWM run to the end. See `Trainer`."""
+    return Trainer(config, game, seed, run_dir, tracker, progress=progress).run()
