@@ -1,0 +1,146 @@
+"""`twm-suite`: grids -> runs on this machine or on Slurm, every run in MLflow.
+
+  twm-suite grids                       list the grids and their run counts
+  twm-suite launch GRID [...]           run a grid (local pool by default; --executor slurm|debug)
+  twm-suite status GRID                 pending/running/requeued/done/failed/missing per variant x game
+  twm-suite report GRID / compare ...   the paper's tables and figures from MLflow (analysis package)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from suite.cluster import ClusterError
+from suite.grids import GridError, get_grid, grid_names, parse_games, parse_seeds, plan
+from suite.launch import EXECUTORS, LaunchError, LaunchOptions, launch
+from suite.tracking import TrackingError
+from twm.config import ConfigError, parse_overrides
+
+ANALYSIS_VERBS = {"report": "the paper's tables and figures for a grid (analysis.cli)",
+                  "compare": "compare grids/variants with baselines (analysis.cli)"}
+
+
+def cmd_grids(args: argparse.Namespace) -> int:
+    rows = [(name, get_grid(name)) for name in grid_names()]
+    width = max(len(name) for name, _ in rows)
+    for name, grid in rows:
+        shape = f"{len(grid.variants)} variant(s) x {len(grid.games)} games x {len(grid.seeds)} seeds"
+        print(f"{name.ljust(width)}  {grid.num_runs:4d} runs  {grid.preset:6s} {shape}")
+        if args.verbose:
+            print(f"{'':{width}}  {grid.description}\n{'':{width}}  source: {grid.source}")
+            print(f"{'':{width}}  games: {', '.join(grid.games)}")
+            for variant, overrides in grid.variants.items():
+                sets = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "(preset)"
+                print(f"{'':{width}}  variant {variant}: {sets}")
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> dict:
+    return dict(games=parse_games(args.games) if args.games else None,
+                seeds=parse_seeds(args.seeds) if args.seeds else None,
+                variants=tuple(v.strip() for v in args.variants.split(",")) if args.variants else None,
+                overrides=parse_overrides(args.set))
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    opts = LaunchOptions(grid=args.grid, executor=args.executor, cluster=args.cluster, dry_run=args.dry_run,
+                         force=args.force, retry_failed=args.retry_failed, parallel=args.parallel,
+                         runs_per_gpu=args.runs_per_gpu, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
+                         device=args.device, wait=args.wait, **_selection(args))
+    return launch(opts)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from suite.status import discover, show
+
+    grid = get_grid(args.grid)
+    planned = plan(grid, **_selection(args))
+    runs_dir = args.runs_dir.resolve()
+    known = {spec.key for spec in planned}
+    found = [] if args.planned_only else [s for s in discover(runs_dir, grid.name, grid.preset) if s.key not in known]
+    return show(planned + found, runs_dir)
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="grid name (see `twm-suite grids`)")
+    parser.add_argument("--games", help="comma-separated games, or 'all' (default: the grid's)")
+    parser.add_argument("--seeds", help="e.g. 0,1,2 or 0-4 (default: the grid's)")
+    parser.add_argument("--variants", help="comma-separated variants (default: all of the grid's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. runtime.threads=4 (repeatable; "
+                             "non-runtime keys change the config hash, hence the run directories)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("twm-runs"),
+                        help="output folder: run directories and the default mlflow.db (default: ./twm-runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twm-suite", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    grids = sub.add_parser("grids", help="list the grids with their run counts")
+    grids.add_argument("-v", "--verbose", action="store_true", help="also games, variants and paper source")
+    grids.set_defaults(func=cmd_grids)
+
+    la = sub.add_parser("launch", help="run a grid: skip finished runs, resume unfinished ones")
+    _add_selection(la)
+    la.add_argument("--executor", choices=EXECUTORS, default="local",
+                    help="local: bounded pool on this machine (default); slurm: job arrays via submitit; "
+                         "debug: in-process, one after the other")
+    la.add_argument("--cluster", default="default", metavar="PROFILE",
+                    help="slurm/profiles/PROFILE.toml or a path to a .toml (default: default)")
+    la.add_argument("--dry-run", action="store_true", help="print every run and the sbatch parameters; submit nothing")
+    mode = la.add_mutually_exclusive_group()
+    mode.add_argument("--only-missing", dest="force", action="store_false",
+                      help="skip done runs, resume unfinished ones (default)")
+    mode.add_argument("--force", dest="force", action="store_true",
+                      help="rerun done/failed runs from scratch (old run directories are kept as *.old-<time>)")
+    la.add_argument("--retry-failed", action="store_true", help="resume failed runs from their last checkpoint")
+    la.add_argument("--parallel", type=int, default=0,
+                    help="local: runs at a time (default: GPUs x runs-per-gpu; on CPU min(cores, max(2, cores/2), 8))")
+    la.add_argument("--runs-per-gpu", type=int, default=1, help="K runs share one GPU in one job (default 1)")
+    la.add_argument("--tracking-uri", default="",
+                    help="MLflow URI, e.g. http://host:5000 (checked before submitting); "
+                         "default: the profile's, else sqlite:///<runs-dir>/mlflow.db")
+    la.add_argument("--device", default="", help="trainer device: auto|cpu|cuda (default: the profile's, or auto)")
+    la.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
+    la.set_defaults(func=cmd_launch, force=False)
+
+    st = sub.add_parser("status", help="table of run states per variant x game (exit 1 if any run failed)")
+    _add_selection(st)
+    st.add_argument("--planned-only", action="store_true",
+                    help="only the runs of this selection, not every run directory found for the grid")
+    st.set_defaults(func=cmd_status)
+
+    for verb, text in ANALYSIS_VERBS.items():
+        sub.add_parser(verb, help=text, add_help=False)
+    return parser
+
+
+def _analysis_main(verb: str, argv: list[str]) -> int:
+    """report/compare live in analysis.cli (pandas, rliable): imported only when asked for."""
+    from analysis import cli as analysis_cli
+
+    parser = argparse.ArgumentParser(prog=f"twm-suite {verb}", description=ANALYSIS_VERBS[verb])
+    getattr(analysis_cli, f"add_{verb}_arguments")(parser)
+    args = parser.parse_args(argv)
+    return getattr(analysis_cli, f"run_{verb}")(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] in ANALYSIS_VERBS:
+            return _analysis_main(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (GridError, ConfigError, ClusterError, LaunchError, TrackingError) as err:
+        print(f"twm-suite: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
