@@ -128,9 +128,8 @@ class TransformerXL(nn.Module):
         """x (B, T, D), mask (B, T, src). Returns outputs (B, T, D) and the new memory: per layer, the
         last memory_tokens of [old memory; layer input], detached."""
         src = x.shape[1] + (0 if memory is None else memory[0].shape[1])
-        if src > self.sinusoids.shape[0]:
-            rows = self.sinusoids.shape[0]
-            raise ValueError(f"{src} tokens exceed the relative-position table ({rows} rows)")
+        if src > self.sinusoids.shape[0]:  # longer rollouts (vanilla recompute, long imagination)
+            self.sinusoids = sinusoid_table(2 * src, x.shape[-1]).to(x.device)
         rel = self.pos_dropout(self.sinusoids[:src])
         new_memory, out = [], x
         for i, layer in enumerate(self.layers):
@@ -175,8 +174,8 @@ class DynamicsModel(nn.Module):
         self.tokens_per_step = 3 if cfg.input_rewards else 2
         self.memory_length = cfg.memory_length
         self.memory_tokens = cfg.memory_length * self.tokens_per_step + 2
-        # Every use stays within (longest window + 2) steps of 3 tokens: training windows, imagination
-        # memory + 3 new tokens, the vanilla recompute, and the policy's real-history window.
+        # Covers training windows, XL memory + 3 new tokens, the vanilla recompute over a whole horizon
+        # and the policy's real-history window; longer uses grow the table on demand.
         longest = max(config.wm.sequence_length, cfg.memory_length, config.ac.horizon)
         max_tokens = (longest + 2) * 3 + 2
 

@@ -3,8 +3,9 @@ with the policy choosing actions, restarting trajectories whose cumulative predi
 below dyn.discount_threshold.
 
 `Imagination` is the world model as a small environment (`reset` / `step`). With "xl" memory each step
-feeds 3 new tokens after the cached per-layer memory; with "vanilla" each step recomputes the whole kept
-token history (the same window) without memory. Both give the same hidden states."""
+feeds 3 new tokens after the cached per-layer memory; with "vanilla" each step recomputes the whole token
+history without memory. The sliding-window mask limits every query to what the XL memory can hold, so
+both give the same hidden states (up to float rounding)."""
 
 from __future__ import annotations
 
@@ -71,14 +72,15 @@ class Imagination:
         if self.xl:
             out, self.memory = self.dyn.run(tokens, self.stop, self.memory, keep_memory=True)
         else:
-            history = torch.cat([self.history, tokens], 1)
-            out, _ = self.dyn.run(history, self.stop)
-            self.history = history[:, -self.dyn.memory_tokens:]
+            self.history = torch.cat([self.history, tokens], 1)
+            out, _ = self.dyn.run(self.history, self.stop)
         return out[:, -1]
 
     def end_step(self, done: torch.Tensor) -> None:
-        """Record this step's done in the stop vector (kept to the steps the memory can hold)."""
-        self.stop = torch.cat([self.stop, done[:, None]], 1)[:, -(self.dyn.memory_length + 1):]
+        """Record this step's done in the stop vector (with XL, kept to the steps the memory holds)."""
+        self.stop = torch.cat([self.stop, done[:, None]], 1)
+        if self.xl:
+            self.stop = self.stop[:, -(self.dyn.memory_length + 1):]
 
 
 @torch.no_grad()
