@@ -1,0 +1,168 @@
+"""Grids, run identity, the launch CLI's planning path (dry-run) and its one-line errors on bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.cli import main
+from suite.grids import GridError, get_grid, grid_names, parse_games, parse_seeds, plan
+from twm.config import preset
+from twm.games import GAMES
+
+ABLATIONS = {
+    "ablation-uniform-sampling": {"buffer.temperature": float("inf")},
+    "ablation-no-reward-input": {"dyn.input_rewards": False},
+    "ablation-no-entropy-threshold": {"ac.entropy_threshold": 1.0, "ac.entropy_coef": 0.001},
+    "ablation-history-length-4": {"wm.sequence_length": 4, "dyn.memory_length": 4},
+    "ablation-policy-input-zh": {"ac.input_h": True},
+    "ablation-vanilla-transformer": {"dyn.imagination_memory": "vanilla"},
+}
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_atari100k_is_26_games_by_5_seeds_of_the_paper_preset():
+    grid = get_grid("atari100k")
+    specs = plan(grid)
+    assert grid.num_runs == len(specs) == 130
+    assert {s.game for s in specs} == set(GAMES) and {s.seed for s in specs} == set(range(5))
+    assert {s.config_hash for s in specs} == {preset("paper").hash()}
+    assert len({s.key for s in specs}) == 130
+
+
+def test_smoke_grid_is_two_games_by_two_seeds_on_the_smoke_preset():
+    specs = plan(get_grid("smoke"))
+    assert len(specs) == 4 and {s.preset for s in specs} == {"smoke"}
+    assert {s.config_hash for s in specs} == {preset("smoke").hash()}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_grid_sets_the_paper_switch_on_top_of_a_base_variant(name):
+    grid = get_grid(name)
+    assert "base" in grid.variants and len(grid.variants) == 2 and grid.games and grid.source
+    specs = plan(grid)
+    ablated = [s for s in specs if s.variant != "base"]
+    config = preset(grid.preset).with_overrides(dict(ablated[0].overrides))
+    for key, value in ABLATIONS[name].items():
+        assert config.to_dict()[key] == value
+    assert {s.config_hash for s in ablated} == {config.hash()} != {preset("paper").hash()}
+
+
+def test_fewer_interactions_grid_has_10k_25k_50k_with_the_full_budget():
+    grid = get_grid("ablation-fewer-interactions")
+    assert "UpNDown" in grid.games
+    capacities = {v: preset("paper").with_overrides(o).buffer.capacity for v, o in grid.variants.items()}
+    assert capacities == {"base": 100_000, "10k": 10_000, "25k": 25_000, "50k": 50_000}
+    assert {preset("paper").with_overrides(o).schedule.budget for o in grid.variants.values()} == {1_000_000_000}
+
+
+def test_run_identity_names_the_directory_run_and_job():
+    spec = plan(get_grid("smoke"), games=("Pong",), seeds=(1,))[0]
+    assert spec.key == f"smoke/base/Pong/s1-{spec.config_hash}"
+    assert spec.run_dir(Path("/r")) == Path(f"/r/smoke/base/Pong/s1-{spec.config_hash}")
+    assert spec.run_name == f"base/Pong/s1-{spec.config_hash}" and spec.key in spec.job_name
+    assert spec.tags() == {"twm.grid": "smoke", "twm.variant": "base", "twm.run_key": spec.key}
+
+
+def test_a_launch_wide_override_changes_the_hash_but_runtime_keys_do_not():
+    grid = get_grid("smoke")
+    base = plan(grid)[0].config_hash
+    assert plan(grid, overrides={"buffer.temperature": "inf"})[0].config_hash != base
+    assert plan(grid, overrides={"runtime.threads": "1"})[0].config_hash == base
+
+
+def test_games_and_seeds_overrides_parse_and_validate():
+    assert parse_games("Pong,Breakout") == ("Pong", "Breakout")
+    assert parse_games("all") == tuple(GAMES)
+    assert parse_seeds("0-2,7") == (0, 1, 2, 7)
+    with pytest.raises(GridError, match="unknown game 'pong'.*did you mean Pong"):
+        parse_games("pong")
+    for bad in ("x", "3-1", "-1", ""):
+        with pytest.raises(GridError, match="bad --seeds"):
+            parse_seeds(bad)
+    with pytest.raises(GridError, match="unknown variant 'nope'"):
+        plan(get_grid("smoke"), variants=("nope",))
+
+
+def test_grids_command_lists_every_grid_with_its_run_count(capsys):
+    assert main(["grids"]) == 0
+    out = capsys.readouterr().out
+    for name in grid_names():
+        assert name in out
+    assert " 130 runs" in out and "   4 runs" in out
+
+
+def test_slurm_dry_run_lists_130_runs_in_one_array_with_sbatch_parameters(tmp_path):
+    out = run_cli("launch", "atari100k", "--executor", "slurm", "--dry-run", "--runs-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("  atari100k/base/") == 130
+    assert "130 jobs (1 run(s) per job) in 1 array(s)" in out.stdout
+    for flag in ("--array=0-129%64", "--time=1440", "--gpus-per-node=1", "--requeue", "--signal=USR2@300",
+                 "--partition=gpu"):
+        assert f"#SBATCH {flag}" in out.stdout
+    assert "nothing submitted" in out.stdout and not any(tmp_path.iterdir())
+
+
+def test_dry_run_splits_arrays_at_max_array_size_and_packs_runs_per_gpu(tmp_path):
+    profile = tmp_path / "small.toml"
+    profile.write_text('partition = "p"\nmax_array_size = 50\ntimeout_min = 60\nsignal_delay_s = 120\n')
+    out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
+                  "--runs-dir", str(tmp_path / "runs"))
+    assert "130 jobs (1 run(s) per job) in 3 array(s) (MaxArraySize 50)" in out.stdout, out.stderr
+    assert out.stdout.count("#SBATCH --array=0-49%") == 2 and "#SBATCH --array=0-29%" in out.stdout
+    out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
+                  "--runs-per-gpu", "4", "--runs-dir", str(tmp_path / "runs"))
+    assert "33 jobs (4 run(s) per job) in 1 array(s)" in out.stdout
+
+
+def _one_line_error(out: subprocess.CompletedProcess, pattern: str) -> None:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("twm-suite: error:") and pattern in lines[0], out.stderr
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (["launch", "nope"], "unknown grid 'nope'"),
+    (["launch", "smoke", "--games", "Pong,Zork"], "unknown game 'Zork'"),
+    (["launch", "smoke", "--variants", "uniform"], "unknown variant 'uniform'"),
+    (["launch", "smoke", "--seeds", "a"], "bad --seeds"),
+    (["launch", "smoke", "--set", "buffer.temprature=inf"], "unknown config key 'buffer.temprature'"),
+    (["launch", "smoke", "--set", "buffer.capacity=lots"], "buffer.capacity expects int"),
+    (["launch", "smoke", "--set", "nokey"], "bad override 'nokey'"),
+    (["launch", "smoke", "--executor", "slurm", "--cluster", "nope"], "no cluster profile 'nope'"),
+    (["status", "nope"], "unknown grid 'nope'"),
+])
+def test_bad_input_is_one_line_before_anything_is_submitted(tmp_path, args, pattern):
+    _one_line_error(run_cli(*args, "--runs-dir", str(tmp_path)), pattern)
+    assert not any(tmp_path.iterdir())
+
+
+def test_slurm_executor_without_slurm_is_a_one_line_error(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))  # no sbatch/srun/squeue
+    out = run_cli("launch", "smoke", "--executor", "slurm", "--runs-dir", str(tmp_path), env=env)
+    _one_line_error(out, "no Slurm here")
+    assert not any(tmp_path.iterdir())
+
+
+def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run_cli("launch", "smoke", "--runs-dir", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{port}")
+    _one_line_error(out, "is not reachable")
+    assert not list(tmp_path.rglob("status.json"))
+
+
+def test_unwritable_output_folder_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _one_line_error(run_cli("launch", "smoke", "--runs-dir", str(blocker / "runs")), "is not writable")
