@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
@@ -92,6 +93,11 @@ class Agent(nn.Module):
         optimizer.step()
         return grad_norm
 
+    def _on_device(self, batch: SeqBatch) -> SeqBatch:
+        """The batch with every tensor on the agent's device (a no-op when it already is)."""
+        return replace(batch, **{f.name: getattr(batch, f.name).to(self.device, non_blocking=True)
+                                 for f in fields(batch) if getattr(batch, f.name) is not None})
+
     def _pixels(self, obs: torch.Tensor) -> torch.Tensor:
         return obs.to(self.device, non_blocking=True).float().div_(255.0)
 
@@ -145,7 +151,8 @@ class Agent(nn.Module):
 
     def pretrain_dyn_step(self, batch: SeqBatch) -> dict[str, torch.Tensor]:
         """One psi step on cached encoder logits (N, L+2, C, K), encoder frozen (spec §10.2.3)."""
-        logits = batch.logits.to(self.device)
+        batch = self._on_device(batch)
+        logits = batch.logits
         L = logits.shape[1] - 2
         z = sample_latent(logits[:, :L + 1])  # stochastic samples of z_0..z_L
         metrics, _ = self._dyn_update(z, batch, logits[:, 2:])
@@ -171,7 +178,8 @@ class Agent(nn.Module):
         """Actor-critic on real data (spec §10.2.4): L = ac.horizon steps from cached logits (N, L+2, C, K).
         Critic: GAE regression with weights 1; actor: pure entropy maximisation. Actor step, then critic."""
         cfg = self.config.ac
-        logits = batch.logits.to(self.device)
+        batch = self._on_device(batch)
+        logits = batch.logits
         L = logits.shape[1] - 2
         z = sample_latent(logits)  # (N, L+2, C*K): context, then states 1..L+1
         dones = (batch.terminated | batch.truncated)[:, 1:]  # (N, L)
@@ -199,6 +207,7 @@ class Agent(nn.Module):
         """One world-model update (phi and psi) on batch.obs (N, L+2, 4, 64, 64), then imagination from
         ac.batch_size of the N*L start candidates, one critic step, one actor step (spec §5, §7, §8)."""
         cfg = self.config
+        batch = self._on_device(batch)
         o = self._pixels(batch.obs)
         N, L = o.shape[0], o.shape[1] - 2
 
