@@ -47,7 +47,7 @@ def test_all_26_games_construct_with_the_spec_action_sets():
         assert num_actions(game) == n
         for evaluation in (False, True):
             env = make_env(game, CFG, evaluation=evaluation)
-            obs, info = env.reset(seed=3)
+            obs, info = env.reset()  # unseeded: a seeded reset reloads the ROM (slow)
             assert env.action_space.n == n, game
             assert (env.unwrapped.get_action_meanings()[1] == "FIRE") == (game not in NON_FIRE), game
             stack = wrappers(env)
@@ -80,8 +80,9 @@ def test_life_loss_terminates_the_learning_episode_but_not_the_game():
             break
         if terminated:
             env.reset(seed=777)
-    _, info = env.reset(seed=1)
+    obs, info = env.reset(seed=1)
     assert info["lives"] == lives and info["episode_frame_number"] < lost_info["episode_frame_number"]
+    np.testing.assert_array_equal(obs, make_env("Breakout", CFG).reset(seed=1)[0])
 
 
 def test_forced_reset_restarts_the_game_after_a_life_loss():
@@ -113,10 +114,10 @@ def test_fire_games_press_fire_after_a_life_loss():
 
 def test_noop_starts_only_in_training():
     def after_reset(game, evaluation):
-        """(frames played by reset, lives) for seeds 0..7."""
+        """(frames played by reset, lives) for seeds 0..5."""
         env = make_env(game, CFG, evaluation=evaluation)
         played = []
-        for seed in range(8):
+        for seed in range(6):
             _, info = env.reset(seed=seed)
             played.append((env.unwrapped.ale.getEpisodeFrameNumber(), info["lives"]))
         return played
@@ -162,7 +163,6 @@ def test_time_limit_is_outermost_and_restarts_on_every_reset():
         assert reset_info["lives"] == info["lives"]
 
 
-@pytest.mark.parametrize("sticky", [0.25])
-def test_sticky_action_probability_reaches_ale(sticky):
-    env = make_env("Pong", replace(CFG, sticky_action_prob=sticky))
-    assert env.unwrapped.ale.getFloat("repeat_action_probability") == pytest.approx(sticky)
+def test_sticky_action_probability_reaches_ale():
+    env = make_env("Pong", replace(CFG, sticky_action_prob=0.25))
+    assert env.unwrapped.ale.getFloat("repeat_action_probability") == pytest.approx(0.25)

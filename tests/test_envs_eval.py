@@ -1,5 +1,7 @@
 """Evaluation protocol of spec §2.3: whole games, lock-step rounds, the seed rule, determinism."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,14 @@ def test_an_evaluation_episode_is_a_whole_breakout_game():
     assert np.all(np.abs(rewards) < 1)  # the policy sees tanh rewards; the score is raw
     assert scores[0] == pytest.approx(np.arctanh(rewards).sum(), abs=1e-6)
     assert len(policy.first_obs) == 1
+
+
+def test_the_evaluation_time_limit_spans_the_whole_game():
+    policy = RecordingPolicy(4, seed=0)
+    evaluate("Breakout", replace(CFG, time_limit=60), policy, num_episodes=1, num_envs=1, seed=0)
+    dones = np.concatenate(policy.dones)
+    assert len(dones) == 60 and dones[-1]  # truncated after 60 steps although lives were lost on the way
+    assert dones[:-1].any()
 
 
 def test_evaluate_is_deterministic_and_resets_only_when_all_games_ended():
