@@ -1,4 +1,7 @@
-"""The `report` and `compare` verbs: argument definitions and runners, registered by the suite CLI and `python -m analysis`."""
+"""The `report` and `compare` verbs: argument definitions and runners.
+
+Registered by the suite CLI (`twm-suite report|compare`) and by `python -m analysis`.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +41,14 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or default_tracking_uri(args.runs_dir)
 
 
-def _command(prog: str) -> str:
-    return " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+def _report_command(args: argparse.Namespace, out: Path) -> str:
+    """The full command line that reproduces this report (every option spelled out)."""
+    parts = ["twm-suite", "report", args.grid]
+    if args.baselines is not None:
+        parts += ["--baselines", str(args.baselines)]
+    parts += ["--tracking-uri", _tracking_uri(args), "--out", str(out), "--reps", str(args.reps),
+              "--profile-reps", str(args.profile_reps), "--seed", str(args.seed)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +73,7 @@ def run_report(args: argparse.Namespace) -> int:
             baselines = paper_table1_baselines()
             source = "paper Table 1 per-game means (results/paper/table1.csv): per-game means only, no CIs"
         out = args.out or Path("results") / args.grid
-        written = write_report(exp, baselines, out, _command("twm-suite"), source, reps=args.reps,
+        written = write_report(exp, baselines, out, _report_command(args, out), source, reps=args.reps,
                                profile_reps=args.profile_reps, seed=args.seed)
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -36,11 +36,12 @@ def aggregate_metrics(intervals: dict[str, dict[str, Interval]], title: str = ""
     names = list(intervals)
     colors = _colors(names)
     fig, axes = plt.subplots(1, 4, figsize=(14, 0.45 * len(names) + 1.4), sharey=True)
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, METRICS, strict=True):
         for y, name in enumerate(names):
             iv = intervals[name][metric]
             ax.barh(y, iv.hi - iv.lo, left=iv.lo, height=0.6, color=colors[name], alpha=0.75)
             ax.plot([iv.point, iv.point], [y - 0.3, y + 0.3], color="black", lw=1.5)
+        ax.margins(x=0.08)
         ax.set_title(METRIC_TITLES[metric])
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel("Human Normalized Score")
@@ -105,7 +106,7 @@ def ablation_curves(curves: pd.DataFrame, title: str, ylabel: str = "Human Norma
     cols = min(4, len(games))
     rows = int(np.ceil(len(games) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    for ax, game in zip(axes.flat, games):
+    for ax, game in zip(axes.flat, games, strict=False):
         for variant in variants:
             c = curves[(curves["game"] == game) & (curves["variant"] == variant)].sort_values("env_step")
             if c.empty:

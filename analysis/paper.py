@@ -5,7 +5,7 @@ Read from `results/paper/*.csv`, typed from the paper text; random and human are
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -32,14 +32,14 @@ def _read(name: str) -> pd.DataFrame:
     return pd.read_csv(path).set_index("game")
 
 
-@lru_cache(maxsize=None)
+@cache
 def table1() -> pd.DataFrame:
     """Per-game rows of the paper's Table 1 (index: game; columns random, human, DER, ..., TWM)."""
     frame = _read("table1.csv")
     return frame.loc[list(ATARI_100K_GAMES)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def table1_aggregates() -> pd.DataFrame:
     """The paper's 'Normalized Mean' and 'Normalized Median' rows of Table 1 (index: mean, median)."""
     frame = _read("table1.csv").loc[["Normalized_Mean", "Normalized_Median"]]
@@ -47,13 +47,13 @@ def table1_aggregates() -> pd.DataFrame:
     return frame
 
 
-@lru_cache(maxsize=None)
+@cache
 def table2() -> pd.DataFrame:
     """Per-game rows of the paper's Table 2 (TWM at 5K ... 100K interactions beside SimPLe and SPR)."""
     return _read("table2.csv").loc[list(ATARI_100K_GAMES)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def table2_normalized_mean() -> pd.Series:
     """The paper's 'Normalized Mean' row of Table 2."""
     return _read("table2.csv").loc["Normalized_Mean"]

@@ -1,4 +1,4 @@
-"""A grid's report: our runs beside published methods as the paper's tables and figures, in report.md and report.html."""
+"""A grid's report: our runs beside published methods as the paper's tables and figures (report.md, report.html)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def _table_html(table: tables.Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.frame.index.name or ""] + list(cells.columns))
     body = "".join(
         "<tr><th>" + html.escape(str(i)) + "</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
-        for i, row in zip(cells.index, cells.values)
+        for i, row in zip(cells.index, cells.values, strict=True)
     )
     notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in table.notes)
     return f"<p><b>{html.escape(table.caption)}</b></p><table><tr>{head}</tr>{body}</table>{notes}"
@@ -132,8 +132,8 @@ def write_report(
     if exp.tidy.empty:
         raise AnalysisError(f"experiment '{exp.name}' has no finished runs (twm.status=done with {len(exp.partial)} "
                             "partial run(s))")
-    variants = sorted(exp.tidy["variant"].unique(), key=lambda v: (v != base_variant(list(exp.tidy["variant"].unique())), v))
-    base = variants[0]
+    base = base_variant(list(exp.tidy["variant"].unique()))
+    variants = sorted(exp.tidy["variant"].unique(), key=lambda v: (v != base, v))
     single = len(variants) == 1
     label = {v: ("Ours" if single else f"Ours ({v})") for v in variants}
     games = [g for g in ATARI_100K_GAMES if g in set(final_scores(exp.tidy[exp.tidy["variant"] == base])["game"])]
@@ -162,7 +162,7 @@ def write_report(
         runs[m.name] = m.hns.shape[0]
         above[m.name] = stats.games_above_human(m.hns)
     curves = {}
-    for i, (v, m) in enumerate(tqdm(list(ours.items()), desc="sample-efficiency CIs", unit="variant", file=sys.stderr)):
+    for i, m in enumerate(tqdm(list(ours.values()), desc="sample-efficiency CIs", unit="variant", file=sys.stderr)):
         c = _curves(m, games)
         if c is not None:
             point, lo, hi = stats.iqm_curve(c[1], reps=reps, seed=seed + i)

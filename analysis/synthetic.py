@@ -1,4 +1,4 @@
-"""Synthetic runs logged to MLflow exactly as the trainer logs them (see `analysis.scores`), for tests and benchmarks."""
+"""Synthetic runs logged to MLflow exactly as the trainer logs them (see `analysis.scores`), for tests/benchmarks."""
 
 from __future__ import annotations
 

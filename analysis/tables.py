@@ -36,7 +36,8 @@ class Table:
         cells = self._cells("**{}**")
         head = [self.frame.index.name or ""] + [str(c) for c in cells.columns]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join([str(i)] + list(row)) + " |" for i, row in zip(cells.index, cells.values)]
+        rows = zip(cells.index, cells.values, strict=True)
+        lines += ["| " + " | ".join([str(i)] + list(row)) + " |" for i, row in rows]
         text = f"**{self.caption}**\n\n" + "\n".join(lines) + "\n"
         return text + "".join(f"\n{n}\n" for n in self.notes)
 
@@ -49,7 +50,7 @@ class Table:
         if self.bold is not None:
             cells = cells.where(~self.bold, cells.map(lambda v: rf"\textbf{{{v}}}"))
         head = [esc(self.frame.index.name or "")] + [esc(c) for c in cells.columns]
-        body = [" & ".join([esc(i)] + list(row)) + r" \\" for i, row in zip(cells.index, cells.values)]
+        body = [" & ".join([esc(i)] + list(row)) + r" \\" for i, row in zip(cells.index, cells.values, strict=True)]
         return "\n".join(
             [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.caption)}}}",
              r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule", " & ".join(head) + r" \\",
