@@ -173,7 +173,7 @@ def make_env(game: str, env_cfg: EnvConfig, *, evaluation: bool = False) -> gym.
 class Policy(Protocol):
     """What `evaluate` drives: a batched policy that may keep per-env state."""
 
-    def act(self, obs: np.ndarray) -> np.ndarray: ...  # (B, 4, 64, 64) uint8 -> (B,) int
+    def act(self, obs: np.ndarray) -> np.ndarray: ...  # (B, 4, 64, 64) uint8 -> (B,) int array-like
 
     def observe(self, rewards: np.ndarray, dones: np.ndarray) -> None: ...  # (B,) transformed, (B,) bool
 
@@ -241,7 +241,7 @@ def evaluate(
                 score = np.zeros(num_envs)
                 finished = np.zeros(num_envs, dtype=bool)
                 while not finished.all():
-                    actions = np.asarray(policy.act(obs))  # (B,)
+                    actions = np.asarray(policy.act(obs.copy()))  # (B,); the policy may keep the array
                     rewards = np.zeros(num_envs)
                     dones = np.ones(num_envs, dtype=bool)
                     for i in np.flatnonzero(~finished):
