@@ -1,0 +1,103 @@
+"""End to end on this machine: `twm-suite launch smoke` through the local pool into a real `mlflow server`
+on loopback, `status` shows it done, and a second launch submits nothing. Also the debug executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+# A smoke run cut further down (about 20 s on 2 cores): the whole pipeline, not learning.
+TINY = ["schedule.budget=12000", "schedule.pretrain_budget=3000", "buffer.capacity=1000", "env.time_limit=300",
+        "schedule.eval_episodes=1", "schedule.final_eval_episodes=2"]
+
+
+def tiny_args() -> list[str]:
+    return [arg for item in TINY for arg in ("--set", item)]
+
+
+def suite(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port with a sqlite backend; always killed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "server"
+    home.mkdir()  # a clean CWD: uvicorn puts it on sys.path
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+                             "--artifacts-destination", str(home / "artifacts")],
+                            cwd=home, stdout=open(home / "server.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (home / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_local_launch_logs_to_an_mlflow_server_and_a_relaunch_submits_nothing(tmp_path, mlflow_server):
+    import mlflow
+
+    runs = tmp_path / "runs"
+    args = ["smoke", "--games", "Pong", "--seeds", "0", "--runs-dir", str(runs), "--tracking-uri", mlflow_server,
+            *tiny_args()]
+    first = suite("launch", *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "1 to run" in first.stdout and "finished: 1 done" in first.stdout
+    (run_dir,) = runs.glob("smoke/base/Pong/s0-*")
+    done = json.loads((run_dir / "DONE").read_text())
+    assert done["env_steps"] == 1000
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("smoke")
+    (run,) = client.search_runs([experiment.experiment_id])
+    tags = run.data.tags
+    assert tags["twm.run_key"] == f"smoke/base/Pong/{run_dir.name}" and tags["twm.status"] == "done"
+    assert tags["twm.grid"] == "smoke" and tags["twm.variant"] == "base" and tags["twm.git_commit"]
+    assert run.info.run_name == f"base/Pong/{run_dir.name}"
+    assert run.data.metrics["final/score"] == done["final_score"]
+
+    status = suite("status", "smoke", "--games", "Pong", "--seeds", "0", "--runs-dir", str(runs), *tiny_args())
+    assert status.returncode == 0 and status.stdout.splitlines()[2].split()[5] == "1", status.stdout  # done column
+
+    (run_dir / "DONE").unlink()  # the MLflow tag alone also marks it done
+    second = suite("launch", *args)
+    assert second.returncode == 0 and "0 to run, 1 done" in second.stdout and "nothing to submit" in second.stdout
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_debug_executor_runs_in_process_into_the_default_sqlite_store(tmp_path):
+    import mlflow
+
+    runs = tmp_path / "runs"
+    out = suite("launch", "smoke", "--games", "Breakout", "--seeds", "1", "--executor", "debug",
+                "--runs-dir", str(runs), *tiny_args())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (runs / "mlflow.db").exists() and list(runs.glob("smoke/base/Breakout/s1-*/DONE"))
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.data.tags["twm.executor"] == "debug" and run.data.tags["twm.status"] == "done"
