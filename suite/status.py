@@ -77,7 +77,9 @@ def _eta(group: list[RunState]) -> str:
     if not etas:
         return "-"
     seconds = int(max(etas))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def show(specs: list[RunSpec], runs_dir: Path, say: Callable[[str], None] = print) -> int:
