@@ -166,3 +166,39 @@ def test_unwritable_output_folder_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     _one_line_error(run_cli("launch", "smoke", "--runs-dir", str(blocker / "runs")), "is not writable")
+
+
+def test_trainer_command_carries_identity_overrides_and_tags(tmp_path):
+    from suite.job import LaunchContext, train_command
+
+    spec = plan(get_grid("ablation-uniform-sampling"), games=("Pong",), seeds=(3,), variants=("uniform",))[0]
+    ctx = LaunchContext(runs_dir=tmp_path, tracking_uri="http://h:5000", experiment=spec.grid, executor="slurm",
+                        device="cuda", git_commit="abc")
+    cmd = train_command(spec, ctx, "42_7")
+    pairs = {(cmd[i], cmd[i + 1]) for i in range(len(cmd) - 1)}
+    for pair in [("--game", "Pong"), ("--seed", "3"), ("--preset", "paper"), ("--out", str(spec.run_dir(tmp_path))),
+                 ("--tracking-uri", "http://h:5000"), ("--experiment", spec.grid), ("--run-name", spec.run_name),
+                 ("--set", "buffer.temperature=inf"), ("--tag", f"twm.run_key={spec.key}"),
+                 ("--tag", "twm.git_commit=abc"), ("--tag", "slurm.job_id=42_7"), ("--device", "cuda")]:
+        assert pair in pairs, pair
+    local = train_command(spec, LaunchContext(tmp_path, "sqlite:///x.db", spec.grid, "local"), "local1")
+    assert not any(arg.startswith("slurm.job_id") for arg in local)
+
+
+def test_cluster_profile_errors_are_one_line(tmp_path):
+    from suite.cluster import ClusterError, load_profile
+
+    assert load_profile("localci").partition == "debug" and load_profile("default").gpus_per_node == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('partiton = "gpu"\n')
+    with pytest.raises(ClusterError, match="unknown keys partiton"):
+        load_profile(str(bad))
+    bad.write_text("timeout_min = 1\nsignal_delay_s = 90\n")
+    with pytest.raises(ClusterError, match="signal_delay_s < timeout_min"):
+        load_profile(str(bad))
+
+
+def test_report_and_compare_are_registered_from_the_analysis_package():
+    for verb in ("report", "compare"):
+        out = run_cli(verb, "--help")
+        assert out.returncode == 0 and f"twm-suite {verb}" in out.stdout and "--tracking-uri" in out.stdout
