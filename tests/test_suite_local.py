@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 # A smoke run cut further down (about 20 s on 2 cores): the whole pipeline, not learning.
 TINY = ["schedule.budget=12000", "schedule.pretrain_budget=3000", "buffer.capacity=1000", "env.time_limit=300",
         "schedule.eval_episodes=1", "schedule.final_eval_episodes=2"]

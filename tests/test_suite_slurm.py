@@ -20,7 +20,7 @@ from suite.grids import get_grid, plan
 from suite.status import collect
 from twm.config import parse_overrides
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TINY = ["schedule.budget=12000", "schedule.pretrain_budget=3000", "buffer.capacity=1000", "env.time_limit=300",
         "schedule.eval_episodes=1", "schedule.final_eval_episodes=2"]
