@@ -148,19 +148,26 @@ def run_state(spec: RunSpec, runs_dir: Path, queue: dict[str, tuple[str, str]]) 
     env_step = int(status.get("env_step") or 0)
     total = status.get("total_env_steps")
     return RunState(spec=spec, state=state, env_step=env_step, total_env_steps=total,
-                    last_eval_return=status.get("last_eval_return"), eta_s=_eta(status, state),
+                    last_eval_return=status.get("last_eval_return"), eta_s=_eta(status, state, _prefill(run_dir)),
                     job_id=job_id, attempt=status.get("attempt"), reason=reason)
 
 
-def _eta(status: dict, state: str) -> float | None:
-    """Seconds left at the current attempt's rate (env steps per second since it started)."""
-    if state != "running":
+def _prefill(run_dir: Path) -> int:
+    """buffer.prefill of the run (config.json written by the trainer); 0 when unknown."""
+    config = (read_json(run_dir / "config.json") or {}).get("config") or {}
+    return int(config.get("buffer.prefill", 0))
+
+
+def _eta(status: dict, state: str, prefill: int) -> float | None:
+    """Seconds left at the run's main-phase rate: env steps collected after the random prefill per second of
+    the run's whole wall-clock (pretraining included, so a slight overestimate); unknown before the main phase."""
+    if state != "running" or status.get("phase") not in (None, "main"):
         return None
     try:
         done, total = int(status["env_step"]), int(status["total_env_steps"])
-        elapsed = float(status["updated"]) - float(status["started"])
+        elapsed = float(status.get("wall_s") or float(status["updated"]) - float(status["started"]))
     except (KeyError, TypeError, ValueError):
         return None
-    if done <= 0 or elapsed <= 0:
+    if done <= prefill or elapsed <= 0:
         return None
-    return (total - done) * elapsed / done
+    return (total - done) * elapsed / (done - prefill)
