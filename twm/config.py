@@ -334,8 +334,11 @@ def smoke() -> Config:
         wm=replace(base.wm, batch_size=8, sequence_length=4),
         ac=replace(base.ac, actor_hidden=(64,), critic_hidden=(64,), horizon=5, batch_size=16),
         buffer=replace(base.buffer, capacity=1_500, prefill=500),
-        schedule=replace(base.schedule, budget=420_000, pretrain_budget=120_000, eval_every=500,
+        # pretraining: 300 phi, 150 psi, 140 actor-critic updates; main loop: 607 train steps
+        schedule=replace(base.schedule, budget=84_000, pretrain_budget=16_000, eval_every=500,
                          eval_episodes=2, final_eval_episodes=4),
+        # one thread: tiny models gain nothing from more, and parallel runs must not oversubscribe
+        runtime=replace(base.runtime, threads=1),
     )
 
 

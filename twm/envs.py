@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import ale_py
 import gymnasium as gym
 import numpy as np
 from ale_py.env import AtariEnv
@@ -22,6 +23,9 @@ from twm.catch import SIZE as CATCH_SIZE
 from twm.catch import CatchEnv
 from twm.config import EnvConfig
 from twm.games import get_game
+
+# Only ALE errors reach stderr: its banner would break the one-line error contract of the CLIs.
+ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
 
 CATCH = "Catch"
 NOOP, FIRE = 0, 1

@@ -122,6 +122,7 @@ class Trainer:
         self.interleave = Interleave(self.budget.train_every)
         self._started = time.monotonic()
         self._last_checkpoint = time.monotonic()
+        self._checkpointed: tuple | None = None  # (phase, env step, updates) of the newest checkpoint
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
         self._bar: tqdm | None = None
@@ -193,6 +194,7 @@ class Trainer:
         }
         path = save_checkpoint(self.run_dir, state, keep=self.config.runtime.keep_checkpoints)
         self._last_checkpoint = time.monotonic()
+        self._checkpointed = self._position()
         self.write_status("running")
         self.log(f"checkpoint {path.name} at env step {self.buffer.size} ({self.state.phase})")
 
@@ -212,14 +214,20 @@ class Trainer:
         self.interleave.counter = self.state.interleave_counter
         restore_env_state(self.env, ckpt["env"])
         set_rng_state(ckpt["rng"])
+        self._checkpointed = self._position()
         self.log(f"resumed from checkpoint {checkpoints[-1].name} at env step {self.buffer.size} "
                  f"({self.state.phase}, attempt {self.state.attempt})")
         return True
 
+    def _position(self) -> tuple:
+        return self.state.phase, self.buffer.size, self.state.updates
+
     def safe_point(self, *, force: bool = False) -> None:
-        """Where a checkpoint is consistent: take one when due, and honour a stop request."""
+        """Where a checkpoint is consistent: take one when due (not twice for the same position),
+        and honour a stop request."""
         interval = self.config.runtime.checkpoint_interval_s
-        if force or self.stop_requested or time.monotonic() - self._last_checkpoint >= interval:
+        due = force or self.stop_requested or time.monotonic() - self._last_checkpoint >= interval
+        if due and self._checkpointed != self._position():
             self.checkpoint()
         if self.stop_requested:
             raise StopRequested(f"stopped at env step {self.buffer.size} after a checkpoint")
