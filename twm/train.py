@@ -77,6 +77,7 @@ class RunSummary:
     train_steps: int
     wall_s: float
     run_dir: str
+    evals: list[list[float]]  # [env step, mean return] of every evaluation, the final one last
 
 
 def resolve_device(name: str) -> torch.device:
@@ -435,7 +436,7 @@ class Trainer:
     def final_evaluation(self) -> RunSummary:
         scores = self.evaluation(self.config.schedule.final_eval_episodes)
         summary = RunSummary(self.game, self.seed, float(scores.mean()), scores.tolist(), self.buffer.size,
-                             self.state.train_steps, self.wall_s(), str(self.run_dir))
+                             self.state.train_steps, self.wall_s(), str(self.run_dir), self.state.evals)
         write_json_atomic(self.run_dir / "final_scores.json", asdict(summary))
         if self.tracker:
             self.tracker.log_metrics({"final/score": summary.final_score,
