@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from twm.config import Config, ConfigError
+from twm.kv_cache import KVCache
 from twm.observation_model import init_layer
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -55,7 +56,11 @@ def attention_mask(src_len: int, tgt_len: int, tokens_per_step: int, memory_leng
 
 class RelativeSelfAttention(nn.Module):
     """Multi-head self-attention with Transformer-XL relative positions: score = (q+u).k + (q+v).W_R R_{p-j},
-    scaled by 1/sqrt(d_model) (the released code's scale, not 1/sqrt(d_head))."""
+    scaled by 1/sqrt(d_model) (the released code's scale, not 1/sqrt(d_head)).
+
+    With `fused` (default) the positional term and the mask become one additive float bias to PyTorch's
+    scaled_dot_product_attention (scale passed explicitly, attention dropout inside the kernel); otherwise
+    the probabilities are materialised and `self.dropout` applies to them (the released code's form)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
@@ -64,30 +69,47 @@ class RelativeSelfAttention(nn.Module):
         self.pos_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.dropout = nn.Dropout(dropout)
+        self.fused = True
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None, rel: torch.Tensor, u: torch.Tensor,
-                v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D) new tokens, memory (B, M, D) or None, rel (src, D) sinusoids of distances 0..src-1."""
+                v: torch.Tensor, mask: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
+        """x (B, T, D) new tokens, memory (B, M, D) or None, rel (src, D) sinusoids of distances 0..src-1.
+        With `cache` (k buffer, v buffer, position) the new keys/values are written at the position and the
+        attention runs over every cached token (memory must be None)."""
         B, T, D = x.shape
-        src_in = x if memory is None else torch.cat([memory, x], 1)
-        S = src_in.shape[1]
-        q, k, val = self.qkv_proj(src_in).chunk(3, -1)
-        q = q[:, S - T:]
         heads = (self.num_heads, self.head_dim)
+        if cache is None:
+            src_in = x if memory is None else torch.cat([memory, x], 1)
+            S = src_in.shape[1]
+            q, k, val = self.qkv_proj(src_in).chunk(3, -1)
+            q = q[:, S - T:]
+            k = k.reshape(B, S, *heads).transpose(1, 2)  # (B, H, S, dh)
+            val = val.reshape(B, S, *heads).transpose(1, 2)
+        else:
+            k_buffer, v_buffer, start = cache  # (B, H, capacity, dh)
+            S = start + T
+            q, k_new, v_new = self.qkv_proj(x).chunk(3, -1)
+            k_buffer[:, :, start:S] = k_new.reshape(B, T, *heads).transpose(1, 2)
+            v_buffer[:, :, start:S] = v_new.reshape(B, T, *heads).transpose(1, 2)
+            k, val = k_buffer[:, :, :S], v_buffer[:, :, :S]
         q = q.reshape(B, T, *heads).transpose(1, 2)  # (B, H, T, dh)
-        k = k.reshape(B, S, *heads).transpose(1, 2)  # (B, H, S, dh)
-        val = val.reshape(B, S, *heads).transpose(1, 2)
         r = self.pos_proj(rel).reshape(S, *heads).transpose(0, 1)  # (H, S, dh), row = distance
-        content = (q + u[:, None]) @ k.transpose(-1, -2)  # (B, H, T, S)
         by_distance = (q + v[:, None]) @ r.transpose(-1, -2)  # (B, H, T, distance)
         distance = (torch.arange(S - T, S, device=x.device)[:, None]
                     - torch.arange(S, device=x.device)[None, :]).clamp(min=0)  # (T, S), future keys masked
         position = by_distance.gather(-1, distance.expand(B, self.num_heads, T, S))
-        scores = (content + position) * self.scale
-        scores = scores.masked_fill(mask[:, None], float("-inf"))
-        attn = self.dropout(scores.softmax(-1))
-        out = (attn @ val).transpose(1, 2).reshape(B, T, D)
-        return self.out_proj(out)
+        if self.fused:
+            bias = (position * self.scale).masked_fill(mask[:, None], float("-inf"))
+            p = self.dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q + u[:, None], k, val, attn_mask=bias, dropout_p=p,
+                                                 scale=self.scale)
+        else:
+            content = (q + u[:, None]) @ k.transpose(-1, -2)  # (B, H, T, S)
+            scores = (content + position) * self.scale
+            scores = scores.masked_fill(mask[:, None], float("-inf"))
+            out = self.dropout(scores.softmax(-1)) @ val
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
 class TransformerXLLayer(nn.Module):
@@ -102,8 +124,8 @@ class TransformerXLLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, memory, rel, u, v, mask):
-        y = self.norm1(x + self.dropout(self.self_attn(x, memory, rel, u, v, mask)))
+    def forward(self, x, memory, rel, u, v, mask, cache=None):
+        y = self.norm1(x + self.dropout(self.self_attn(x, memory, rel, u, v, mask, cache=cache)))
         ff = self.dropout(self.linear2(self.dropout(F.silu(self.linear1(y)))))
         return self.norm2(y + ff)
 
@@ -124,10 +146,14 @@ class TransformerXL(nn.Module):
         self.pos_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, memory: list[torch.Tensor] | None = None,
-                memory_tokens: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                memory_tokens: int = 0, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (B, T, D), mask (B, T, src). Returns outputs (B, T, D) and the new memory: per layer, the
-        last memory_tokens of [old memory; layer input], detached."""
+        last memory_tokens of [old memory; layer input], detached. With a K/V `cache` the new tokens follow
+        the cached ones and are appended to it instead (no layer-input memory)."""
         src = x.shape[1] + (0 if memory is None else memory[0].shape[1])
+        if cache is not None:
+            cache.reserve(x.shape[1])
+            src += cache.length
         if src > self.sinusoids.shape[0]:  # longer rollouts (vanilla recompute, long imagination)
             self.sinusoids = sinusoid_table(2 * src, x.shape[-1]).to(x.device)
         rel = self.pos_dropout(self.sinusoids[:src])
@@ -137,7 +163,9 @@ class TransformerXL(nn.Module):
             if memory_tokens > 0:
                 cat = out if mem_i is None else torch.cat([mem_i, out], 1)
                 new_memory.append(cat[:, -memory_tokens:].detach())
-            out = layer(out, mem_i, rel, self.u, self.v, mask)
+            out = layer(out, mem_i, rel, self.u, self.v, mask, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.length = src
         return out, new_memory
 
 
@@ -209,12 +237,20 @@ class DynamicsModel(nn.Module):
         return self.r_embed(r[:, None, None])
 
     def run(self, tokens: torch.Tensor, stop: torch.Tensor, memory: list[torch.Tensor] | None = None,
-            keep_memory: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Transformer over new tokens (B, T, D) after the cached memory; stop (B, S) covers every complete
-        step in [memory; tokens]. Returns outputs (B, T, D) and the new memory (empty unless keep_memory)."""
+            keep_memory: bool = False, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Transformer over new tokens (B, T, D) after the cached memory (layer inputs, or keys/values in
+        `cache`); stop (B, S) covers every complete step in [memory or cache; tokens]. Returns outputs
+        (B, T, D) and the new layer-input memory (empty unless keep_memory)."""
         src = tokens.shape[1] + (0 if memory is None else memory[0].shape[1])
+        src += 0 if cache is None else cache.length
         mask = attention_mask(src, tokens.shape[1], self.tokens_per_step, self.memory_length, stop)
-        return self.transformer(tokens, mask, memory, self.memory_tokens if keep_memory else 0)
+        return self.transformer(tokens, mask, memory, self.memory_tokens if keep_memory else 0, cache)
+
+    def new_cache(self, batch: int, steps: int, device: torch.device) -> KVCache:
+        """An empty K/V cache sized for the 2 context tokens plus `steps` imagined steps."""
+        attn = self.transformer.layers[0].self_attn
+        return KVCache(len(self.transformer.layers), batch, attn.num_heads, attn.head_dim,
+                       2 + steps * self.tokens_per_step, device, self.transformer.u.dtype)
 
     def forward(self, z: torch.Tensor, a: torch.Tensor, r: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
         """Full pass over a window without memory: z (B, T+1, C*K), a (B, T+1), r (B, T), stop (B, T)

@@ -3,9 +3,11 @@ with the policy choosing actions, restarting trajectories whose cumulative predi
 below dyn.discount_threshold.
 
 `Imagination` is the world model as a small environment (`reset` / `step`). With "xl" memory each step
-feeds 3 new tokens after the cached per-layer memory; with "vanilla" each step recomputes the whole token
-history without memory. The sliding-window mask limits every query to what the XL memory can hold, so
-both give the same hidden states (up to float rounding)."""
+feeds 3 new tokens after cached state: by default a true key/value cache (twm/kv_cache.py: keys and values
+projected once, preallocated), or, with kv_cache=False, the released code's per-layer memory of layer
+inputs that is re-projected every step. With "vanilla" each step recomputes the whole token history
+without memory. The sliding-window mask limits every query to what the XL memory can hold, so all three
+give the same hidden states (up to float rounding)."""
 
 from __future__ import annotations
 
@@ -51,17 +53,19 @@ class Trajectory:
 class Imagination:
     """The dynamics model as an environment over token histories (no grad; caller sets eval mode)."""
 
-    def __init__(self, dyn: DynamicsModel, memory: str):
+    def __init__(self, dyn: DynamicsModel, memory: str, kv_cache: bool = True, steps: int = 16):
         if memory not in ("xl", "vanilla"):
             raise ConfigError(f"dyn.imagination_memory must be 'xl' or 'vanilla', got {memory!r}")
-        self.dyn, self.xl = dyn, memory == "xl"
+        self.dyn, self.xl, self.steps = dyn, memory == "xl", steps
+        self.kv = self.xl and kv_cache
 
     def reset(self, z_context: torch.Tensor, a_context: torch.Tensor,
               d_context: torch.Tensor) -> torch.Tensor:
         """Feed the context (z_k, a_k) with empty memory; returns h_k (M, D)."""
         tokens = self.dyn.current_tokens(z_context, a_context)  # (M, 2, D)
         no_steps = d_context.new_zeros(d_context.shape[0], 0)
-        out, self.memory = self.dyn.run(tokens, no_steps, keep_memory=self.xl)
+        self.cache = self.dyn.new_cache(tokens.shape[0], self.steps, tokens.device) if self.kv else None
+        out, self.memory = self.dyn.run(tokens, no_steps, keep_memory=self.xl and not self.kv, cache=self.cache)
         self.history = tokens
         self.stop = d_context[:, None]  # (M, S): stops of the complete steps in the window
         return out[:, -1]
@@ -69,7 +73,9 @@ class Imagination:
     def step(self, r_prev: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Feed [r_prev, z, a] (or [z, a] without reward inputs); returns h at the a token (M, D)."""
         tokens = torch.cat([self.dyn.reward_token(r_prev), self.dyn.current_tokens(z, a)], 1)
-        if self.xl:
+        if self.kv:
+            out, _ = self.dyn.run(tokens, self.stop, cache=self.cache)
+        elif self.xl:
             out, self.memory = self.dyn.run(tokens, self.stop, self.memory, keep_memory=True)
         else:
             self.history = torch.cat([self.history, tokens], 1)
@@ -77,15 +83,15 @@ class Imagination:
         return out[:, -1]
 
     def end_step(self, done: torch.Tensor) -> None:
-        """Record this step's done in the stop vector (with XL, kept to the steps the memory holds)."""
+        """Record this step's done in the stop vector (with layer-input memory, kept to the steps it holds)."""
         self.stop = torch.cat([self.stop, done[:, None]], 1)
-        if self.xl:
+        if self.xl and not self.kv:
             self.stop = self.stop[:, -(self.dyn.memory_length + 1):]
 
 
 @torch.no_grad()
 def imagine(dyn: DynamicsModel, actor: Callable[[torch.Tensor], torch.Tensor], start: StartStates,
-            restart_logits: torch.Tensor, config: Config) -> Trajectory:
+            restart_logits: torch.Tensor, config: Config, kv_cache: bool = True) -> Trajectory:
     """Imagine config.ac.horizon steps from `start` (spec §7.3).
 
     A row whose cumulative gamma_hat drops below the threshold is done; its next state is a fresh
@@ -93,7 +99,7 @@ def imagine(dyn: DynamicsModel, actor: Callable[[torch.Tensor], torch.Tensor], s
     host sync per step, these come from `restart_logits` (R, C, K), one pool of R buffer observations
     encoded once per rollout; each restart picks a pool entry uniformly and draws a fresh latent from it."""
     horizon, threshold, input_h = config.ac.horizon, config.dyn.discount_threshold, config.ac.input_h
-    world = Imagination(dyn, config.dyn.imagination_memory)
+    world = Imagination(dyn, config.dyn.imagination_memory, kv_cache, horizon)
     h = world.reset(start.z_context, start.a_context, start.d_context)
     z, r_prev, prev_done = start.z, start.r_context, start.d_context
     cumulative_g = torch.ones_like(r_prev)
