@@ -1,7 +1,7 @@
 """Learning check: the smoke-sized TWM agent on the Catch pixel task (twm/catch.py).
 
 Prints the random-policy return and the trained agent's evaluation returns; a working agent ends
-clearly above random (random catches 1 ball in 8: -7.5 per 10-ball game; perfect play is +10).
+clearly above random (random catches 1 ball in 4: -5 per 10-ball game; perfect play is +10).
 Writes results/benchmarks/learning_check.json.
 
     python benchmarks/learning_check.py [--out DIR] [--seed S]
@@ -24,12 +24,13 @@ from twm.config import smoke
 from twm.envs import RandomPolicy, evaluate, num_actions
 from twm.train import train
 
-# The smoke model with a longer run: 1,000 random steps, 4,000 agent steps, ~5,000 train steps.
+# The smoke model with a longer run: 1,000 random steps; pretraining 1,125 phi, 562 psi and 525
+# actor-critic updates; 4,000 agent steps with 5,000 train steps.
 OVERRIDES = {
     "buffer.capacity": 5_000,
     "buffer.prefill": 1_000,
-    "schedule.pretrain_budget": 16_000,
-    "schedule.budget": 16_000 + 5_000 * 112,
+    "schedule.pretrain_budget": 60_000,
+    "schedule.budget": 60_000 + 5_000 * 112,
     "schedule.eval_every": 1_000,
     "schedule.eval_episodes": 10,
     "schedule.final_eval_episodes": 50,

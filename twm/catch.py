@@ -1,6 +1,6 @@
 """Catch: a tiny pixel task with Atari's observation/reward/lives contract, for quick learning checks.
 
-A ball falls from the top in one of 8 columns, one row per step; a paddle at the bottom moves left,
+A ball falls from the top in one of 4 columns, one row per step; a paddle at the bottom moves left,
 stays or moves right. When the ball reaches the bottom the step's reward is +1 if the paddle is under
 it, else -1, and the next ball appears at the top. A game is 10 balls; `lives` counts the balls still to
 play, so every ball end is a "life loss" and the last one is the game over, exactly as in the Atari
@@ -15,19 +15,21 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-COLUMNS = 8  # paddle/ball positions
-CELL_W = 8  # pixels per column: 8 * 8 = 64
-ROW_H = 6  # pixels per ball row
-FALL_STEPS = 9  # steps from appearing (row 0) to landing (row 9, right above the paddle)
-PADDLE_Y = 60  # paddle occupies y 60..63
+# Coarse on purpose: big objects give a tiny observation model a strong pixel signal.
+COLUMNS = 4  # paddle/ball positions
+CELL_W = 16  # pixels per column: 4 * 16 = 64
+ROW_H = 9  # pixels per ball row
+FALL_STEPS = 6  # steps from appearing (row 0) to landing (row 6, right above the paddle)
+PADDLE_Y = 56  # paddle occupies y 56..63
 BALLS = 10  # balls per game (= initial lives)
 SIZE = 64
 BALL_VALUE, PADDLE_VALUE = 255, 160
 ACTIONS = ("NOOP", "LEFT", "RIGHT")
 _MOVE = (0, -1, 1)
 # Any policy blind to the ball catches with probability 1/COLUMNS (the column is uniform and independent
-# of the paddle), so the uniform random policy's expected game score is 10 * (2/8 - 1) = -7.5;
-# a perfect policy scores +10 (8 steps reach any column, even after a training pseudo-reset's NOOP).
+# of the paddle), so the uniform random policy's expected game score is 10 * (2/4 - 1) = -5;
+# a perfect policy scores +10 (3 moves reach any column within the 6-step fall, even after a training
+# pseudo-reset's NOOP).
 RANDOM_POLICY_RETURN = BALLS * (2 / COLUMNS - 1)
 MAX_RETURN = float(BALLS)
 
@@ -76,7 +78,7 @@ class CatchEnv(gym.Env):
         frame = np.zeros((SIZE, SIZE), np.uint8)  # (64, 64)
         if self.ball_row < FALL_STEPS:
             y, x = self.ball_row * ROW_H, self.ball_col * CELL_W
-            frame[y : y + ROW_H, x + 1 : x + CELL_W - 1] = BALL_VALUE
+            frame[y : y + ROW_H, x + 1 : x + CELL_W - 1] = BALL_VALUE  # (9, 14) block
         x = self.paddle * CELL_W
         frame[PADDLE_Y:, x : x + CELL_W] = PADDLE_VALUE
         return frame
