@@ -167,3 +167,60 @@ def test_train_step_makes_no_host_syncs_on_cuda():
         agent.train_step(batch, sample)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_acting_encoder_path_equals_training_encoder():
+    torch.manual_seed(0)
+    obs_model = Agent(paper().with_overrides({"obs.channels": 16}), A).obs_model
+    o = torch.rand(3, 4, 64, 64)
+    with torch.no_grad():
+        fast, plain = obs_model.encode_for_acting(o), obs_model.encode(o)
+    assert (fast - plain).abs().max().item() <= 1e-5
+    assert torch.equal(fast.argmax(-1), plain.argmax(-1))
+
+
+def bf16_drift_batch(N: int, L: int):
+    from twm.replay import SeqBatch
+
+    g = torch.Generator().manual_seed(6)
+    return SeqBatch(actions=torch.randint(A, (N, L + 1), generator=g), rewards=torch.randn(N, L + 1, generator=g),
+                    terminated=torch.rand(N, L + 1, generator=g) < 0.1,
+                    truncated=torch.zeros(N, L + 1, dtype=torch.bool),
+                    obs=torch.randint(0, 256, (N, L + 2, 4, 64, 64), dtype=torch.uint8, generator=g))
+
+
+def test_bf16_autocast_world_model_losses_drift_little_from_fp32():
+    """Fidelity drift of the "bf16" switch on one world-model update from the same weights and RNG."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        agent = Agent(smoke().with_overrides({"runtime.precision": precision}), A)
+        o = agent._pixels(bf16_drift_batch(4, 4).obs)
+        torch.manual_seed(1)
+        metrics, loss, logits = agent._obs_losses(o[:, 1:5])
+        losses[precision] = (loss.item(), metrics["obs/decoder_loss"].item(), logits.softmax(-1))
+    (loss32, dec32, p32), (loss16, dec16, p16) = losses["fp32"], losses["bf16"]
+    assert abs(dec16 - dec32) / abs(dec32) < 1e-2 and abs(loss16 - loss32) / abs(loss32) < 1e-2
+    assert (p16 - p32).abs().max().item() < 0.05
+
+
+def test_compile_switch_on_cpu_is_a_clear_error():
+    from twm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="CUDA"):
+        Agent(smoke().with_overrides({"runtime.compile": True}), A)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile parity is checked on CUDA only")
+def test_compiled_train_step_matches_eager_on_cuda():
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        # dropout 0: inductor draws dropout masks from its own RNG stream
+        agent = Agent(smoke().with_overrides({"runtime.compile": compiled, "dyn.dropout": 0.0}), A, "cuda")
+        pool = torch.randint(0, 256, (64, 4, 64, 64), dtype=torch.uint8, device="cuda")
+        torch.manual_seed(1)
+        metrics = agent.train_step(bf16_drift_batch(8, 4), lambda n, pool=pool: pool[:n])
+        results.append({k: v.item() for k, v in metrics.items()})
+    for key, value in results[0].items():
+        assert results[1][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from twm.actor_critic import Actor, Critic, actor_loss, critic_loss, gae, policy_entropy, sample_action
-from twm.config import Config
+from twm.config import Config, ConfigError
 from twm.dynamics_model import DynamicsModel, dynamics_loss
 from twm.imagination import StartStates, Trajectory, imagine
 from twm.observation_model import (
@@ -53,6 +53,7 @@ class Agent(nn.Module):
         self.actor = Actor(config, num_actions)
         self.critic = Critic(config)
         self.to(self.device)
+        self._configure_runtime(config.runtime)
 
         def adam(module: nn.Module, lr: float, eps: float, weight_decay: float) -> torch.optim.Adam:
             # Coupled L2 weight decay (Adam, not AdamW), betas (0.9, 0.999), no schedule (spec §6). The fused
@@ -64,6 +65,27 @@ class Agent(nn.Module):
         self.dyn_optimizer = adam(self.dyn_model, dyn.lr, dyn.eps, dyn.weight_decay)
         self.actor_optimizer = adam(self.actor, ac.actor_lr, ac.eps, ac.weight_decay)
         self.critic_optimizer = adam(self.critic, ac.critic_lr, ac.eps, ac.weight_decay)
+
+    # ------------------------------------------------------------------------------- runtime
+    def _configure_runtime(self, runtime) -> None:
+        """Precision and compile switches (docs/performance.md). "tf32" allows TF32 matmuls/convs on CUDA
+        (a no-op on CPU); "bf16" runs the world-model forward passes, imagination and acting under bf16
+        autocast with losses in fp32; the actor-critic updates stay fp32. `compile` compiles the encoder,
+        the transformer and the actor/critic MLPs in place (parameter names unchanged); CUDA only."""
+        if runtime.precision == "tf32" and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.bf16 = runtime.precision == "bf16"
+        if runtime.compile:
+            if self.device.type != "cuda":
+                raise ConfigError("runtime.compile=True needs a CUDA device (CPU inductor miscompiles "
+                                  "the embedding-MLP backward; see docs/performance.md)")
+            for module in (self.obs_model.encoder, self.dyn_model.transformer, self.actor.net, self.critic.net):
+                module.compile(dynamic=False)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on the agent's device when runtime.precision is "bf16", else a disabled one."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ---------------------------------------------------------------------------- bookkeeping
     def param_counts(self) -> dict[str, int]:
@@ -106,17 +128,19 @@ class Agent(nn.Module):
     @torch.no_grad()
     def encode_logits(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 (K, 4, 64, 64) -> encoder logits (K, C, K), in chunks, eval mode."""
-        with eval_mode(self.obs_model):
+        with eval_mode(self.obs_model), self.autocast():
             chunks = [self.obs_model.encode(self._pixels(chunk)) for chunk in obs.split(_ENCODE_CHUNK)]
-        return torch.cat(chunks)
+        return torch.cat(chunks).float()
 
     # ---------------------------------------------------------------------- observation model
     def _obs_losses(self, o: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Decoder NLL + entropy hinge on frames o (..., 4, 64, 64); returns metrics, loss, logits."""
         cfg = self.config.obs
-        logits = self.obs_model.encode(o)
-        z = sample_latent(logits, "straight_through")
-        dec = cfg.decoder_coef * decoder_loss(o, self.obs_model.decode(z))
+        with self.autocast():
+            logits = self.obs_model.encode(o).float()
+            z = sample_latent(logits, "straight_through")
+            mean = self.obs_model.decode(z).float()
+        dec = cfg.decoder_coef * decoder_loss(o, mean)
         ent, h_norm = encoder_entropy_loss(logits, cfg.entropy_coef, cfg.entropy_threshold)
         metrics = {"obs/decoder_loss": dec.detach(), "obs/entropy_loss": ent.detach(),
                    "obs/entropy": h_norm.detach()}
@@ -140,8 +164,9 @@ class Agent(nn.Module):
         L = z.shape[1] - 1
         dones = batch.terminated | batch.truncated  # (N, L+1)
         self.dyn_model.train()
-        h = self.dyn_model(z.detach(), batch.actions, batch.rewards[:, :L], dones[:, :L])  # (N, L+1, D)
-        latent_logits, reward_mean, discount_logit = self.dyn_model.predict(h)
+        with self.autocast():
+            h = self.dyn_model(z.detach(), batch.actions, batch.rewards[:, :L], dones[:, :L])  # (N, L+1, D)
+            latent_logits, reward_mean, discount_logit = (y.float() for y in self.dyn_model.predict(h))
         losses = dynamics_loss(latent_logits[:, 1:], reward_mean[:, 1:], discount_logit[:, 1:], targets,
                                batch.rewards[:, 1:], batch.terminated[:, 1:], dones[:, 1:], self.config)
         grad_norm = self._step(self.dyn_optimizer, self.dyn_model.parameters(), losses["dyn/loss"],
@@ -213,9 +238,9 @@ class Agent(nn.Module):
         N, L = o.shape[0], o.shape[1] - 2
 
         # World model (spec §5): context and next-observation encodings without grad, in eval mode.
-        with torch.no_grad(), eval_mode(self.obs_model):
-            z_context = sample_latent(self.obs_model.encode(o[:, 0]))  # (N, C*K)
-            next_logits = self.obs_model.encode(o[:, L + 1])  # (N, C, K)
+        with torch.no_grad(), eval_mode(self.obs_model), self.autocast():
+            z_context = sample_latent(self.obs_model.encode(o[:, 0]).float())  # (N, C*K)
+            next_logits = self.obs_model.encode(o[:, L + 1]).float()  # (N, C, K)
         self.obs_model.train()
         metrics, obs_loss, logits = self._obs_losses(o[:, 1:L + 1])  # logits (N, L, C, K)
         z = torch.cat([z_context[:, None], sample_latent(logits.detach(), "straight_through")], 1)
@@ -238,8 +263,11 @@ class Agent(nn.Module):
                             d_context=dones[:, :L].flatten()[choice],
                             z=z[:, 1:].detach().flatten(0, 1)[choice])
         restart_logits = self.encode_logits(sample_start_obs(cfg.ac.batch_size))
-        with eval_mode(self.dyn_model, self.actor):
+        with eval_mode(self.dyn_model, self.actor), self.autocast():
             trajectory = imagine(self.dyn_model, self.actor, start, restart_logits, cfg)
+        if self.bf16:  # the actor-critic update runs in fp32
+            trajectory = replace(trajectory, **{f.name: getattr(trajectory, f.name).float() for f in fields(trajectory)
+                                                if getattr(trajectory, f.name).is_floating_point()})
         metrics.update(self.ac_update(trajectory))
         return metrics
 
@@ -287,22 +315,23 @@ class Policy:
         self.length = torch.zeros(num_envs, dtype=torch.int64, device=device)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """uint8 (B, 4, 64, 64) -> int64 actions (B,)."""
+        """uint8 (B, 4, 64, 64) -> int64 actions (B,). The encoder and actor have no dropout, so they run
+        as they are (no train/eval switching); the encoder takes its small-batch path."""
         agent = self.agent
         if obs.ndim != 4 or obs.shape[0] != self.num_envs:
             raise ValueError(f"expected observations ({self.num_envs}, 4, 64, 64), got {obs.shape}")
-        logits = agent.encode_logits(torch.from_numpy(np.ascontiguousarray(obs)))
-        z = sample_latent(logits, "argmax")  # (B, C*K)
+        with agent.autocast():
+            logits = agent.obs_model.encode_for_acting(agent._pixels(torch.from_numpy(np.ascontiguousarray(obs))))
+        z = sample_latent(logits.float(), "argmax")  # (B, C*K)
         x = z
         if self.input_h:
             with eval_mode(agent.dyn_model):
                 h = agent.dyn_model(self.z, self.a, self.r[:, :-1], self.d[:, :-1])[:, -1]
             h = torch.where((self.length > 0)[:, None], h, torch.zeros_like(h))
             x = torch.cat([z, h], -1)
-        with eval_mode(agent.actor):
-            a = sample_action(agent.actor(x))
+        a = sample_action(agent.actor(x))
         self._last = (z, a)
         return a.cpu().numpy().astype(np.int64)
 

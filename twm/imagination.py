@@ -97,7 +97,8 @@ def imagine(dyn: DynamicsModel, actor: Callable[[torch.Tensor], torch.Tensor], s
     A row whose cumulative gamma_hat drops below the threshold is done; its next state is a fresh
     temperature-1 sample from the encoder logits of a uniformly random buffer observation. To avoid a
     host sync per step, these come from `restart_logits` (R, C, K), one pool of R buffer observations
-    encoded once per rollout; each restart picks a pool entry uniformly and draws a fresh latent from it."""
+    encoded once per rollout; each restart picks a pool entry uniformly and draws a fresh latent from it.
+    kv_cache=False uses the released code's layer-input memory instead of the K/V cache (same results)."""
     horizon, threshold, input_h = config.ac.horizon, config.dyn.discount_threshold, config.ac.input_h
     world = Imagination(dyn, config.dyn.imagination_memory, kv_cache, horizon)
     h = world.reset(start.z_context, start.a_context, start.d_context)
@@ -107,7 +108,7 @@ def imagine(dyn: DynamicsModel, actor: Callable[[torch.Tensor], torch.Tensor], s
     for _ in range(horizon):
         a = sample_action(actor(torch.cat([z, h], -1) if input_h else z))
         h_next = world.step(r_prev, z, a)
-        logits, r, g_logit = dyn.predict(h_next)
+        logits, r, g_logit = (y.float() for y in dyn.predict(h_next))  # fp32 also under bf16 autocast
         g = torch.sigmoid(g_logit)
         w = torch.where(prev_done, torch.ones_like(cumulative_g), cumulative_g)
         cumulative_g = w * g
