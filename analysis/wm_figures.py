@@ -119,7 +119,8 @@ def attention_map(raw: np.ndarray, rollout: np.ndarray, outside: np.ndarray, kin
     window of input tokens (columns, current z, a at the right), raw (head mean) and rolled out.
 
     raw, rollout (L, W) (NaN = no token yet), outside (L,) rollout mass on tokens older than the window
-    (the grey column at the left). Intensity is each row divided by its maximum; colour is the modality."""
+    (the grey column at the left). Intensity is each row divided by its maximum over the tokens other than
+    the current a token (clipped to 1); colour is the modality."""
     colors = _token_colors(kinds, token_rewards)
     L, W = raw.shape
     names = _token_names(kinds)
@@ -127,7 +128,9 @@ def attention_map(raw: np.ndarray, rollout: np.ndarray, outside: np.ndarray, kin
     panels = (("raw attention (head mean)", raw, np.zeros(L)), ("attention rollout", rollout, outside))
     for ax, (name, values, older) in zip(axes, panels, strict=True):
         v = np.nan_to_num(np.concatenate([older[:, None], values], 1))  # (L, W+1)
-        intensity = v / np.maximum(v.max(1, keepdims=True), 1e-12)
+        # Scaled by the largest value among the other tokens: the a token itself (residual mass in the
+        # rollout) would otherwise wash every other column out; it is clipped to full intensity.
+        intensity = np.clip(v / np.maximum(v[:, :-1].max(1, keepdims=True), 1e-12), 0.0, 1.0)
         rgb = intensity[..., None] * np.concatenate([OUTSIDE_COLOR[None], colors])[None]  # (L, W+1, 3)
         ax.imshow(rgb[::-1], aspect="auto", interpolation="nearest")
         ax.set_yticks(range(L), [f"layer {layer + 1}" for layer in range(L)][::-1], fontsize=6)
