@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -57,8 +58,12 @@ def mlflow_server(tmp_path):
             time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_local_launch_logs_to_an_mlflow_server_and_a_relaunch_submits_nothing(tmp_path, mlflow_server):

@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 TINY = ["schedule.budget=12000", "schedule.pretrain_budget=3000", "buffer.capacity=1000", "env.time_limit=300",
         "schedule.eval_episodes=1", "schedule.final_eval_episodes=2"]
-# Long enough in its main phase (about a minute) to be preempted in the middle of it.
-LONGER = [*TINY[1:], "schedule.budget=90000"]
+# Long enough in its main phase (tens of seconds) to be preempted in the middle of it.
+LONGER = [*TINY[1:], "schedule.budget=50000"]
 
 
 @pytest.fixture(autouse=True)
