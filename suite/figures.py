@@ -37,7 +37,7 @@ def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="start-state choice and sampling seed")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: the run's runtime.threads)")
+                        help="torch CPU threads (default: the run's runtime.threads; 0 there = torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,7 +62,9 @@ def run_figures(args: argparse.Namespace) -> int:
     from analysis import wm_figures as wf
     from twm import inspect as ti
 
-    torch.set_num_threads(args.threads or run.config.runtime.threads)
+    threads = args.threads or run.config.runtime.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
     out = args.out or run.path.parent.parent / "figures"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)

@@ -13,7 +13,14 @@ from twm.agent import Agent
 from twm.config import smoke
 from twm.dynamics_model import attention_mask
 from twm.imagination import Imagination
-from twm.inspect import AttentionRecorder, LoadedRun, attention_output, attention_rollout, imagine
+from twm.inspect import (
+    AttentionRecorder,
+    LoadedRun,
+    attention_output,
+    attention_rollout,
+    imagine,
+    rollout_rows,
+)
 from twm.replay import ReplayBuffer
 
 
@@ -59,6 +66,9 @@ def test_rollout_mass_never_crosses_an_episode_boundary():
     first_after_stop = 3 * P
     assert np.all(rollout[:, -1, :first_after_stop] == 0.0)
     assert np.all(rollout[:, -1, first_after_stop:] > 0.0)
+    # The row-only computation used for long histories gives the same rows.
+    np.testing.assert_allclose(rollout_rows(attention, mask), rollout[:, -1])
+    np.testing.assert_allclose(rollout_rows(attention, mask, query=7), rollout[:, 7])
 
 
 def _fresh_run(size: int = 40) -> LoadedRun:

@@ -18,8 +18,8 @@ each row renormalised over its unmasked keys, then R_l = A'_l R_{l-1} (R_0 = I).
 the row of the current a token in R_l. Because the diagonal is never masked and masked entries stay
 zero, mass never crosses an episode boundary (a stop blocks every path), while the sliding window only
 limits direct attention: a token just outside the a token's window can still receive mass through
-intermediate tokens. The plotted window is the a token's direct window (memory_length complete steps and
-the current z, a); the mass on older tokens is reported separately as `outside`."""
+intermediate tokens. The plotted window is what the a token sees directly (the a, r of step t-m-1,
+m = memory_length complete steps, the current z, a); the rollout mass on older tokens is `outside`."""
 
 from __future__ import annotations
 
@@ -170,8 +170,9 @@ class AttentionRecorder:
     x, memory, rel, u, v, mask and, with a K/V cache, cache) and output. Use as a context manager so the
     hooks are removed."""
 
-    def __init__(self, dyn: torch.nn.Module):
-        self.modules = [layer.self_attn for layer in dyn.transformer.layers]
+    def __init__(self, dyn: torch.nn.Module | None):
+        """dyn None: a recorder that records nothing (so callers need no second code path)."""
+        self.modules = [] if dyn is None else [layer.self_attn for layer in dyn.transformer.layers]
         self.inputs: list[dict] = [{} for _ in self.modules]
         self.outputs: list[torch.Tensor | None] = [None for _ in self.modules]
         self._handles: list = []
@@ -212,21 +213,37 @@ class AttentionRecorder:
         return self.inputs[0]["mask"]
 
 
+def _residual_mix(attention: np.ndarray, mask: np.ndarray, alpha: float) -> np.ndarray:
+    """A'_l = renorm_unmasked(alpha A_l + (1 - alpha) I) for every layer: (L, N, N)."""
+    n = attention.shape[-1]
+    mixed = (alpha * attention + (1 - alpha) * np.eye(n)) * ~mask
+    return mixed / np.maximum(mixed.sum(-1, keepdims=True), 1e-12)
+
+
 def attention_rollout(attention: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Causal/episode-mask-aware attention rollout (see the module docstring).
 
     attention (L, N, N): head-averaged probabilities per layer (rows = queries); mask (N, N) True = blocked.
     Returns (L, N, N): R_l = A'_l R_{l-1}, A'_l = renorm_unmasked(alpha A_l + (1 - alpha) I)."""
-    num_layers, n, _ = attention.shape
-    allowed = ~mask
-    rollout = np.eye(n)
-    out = np.empty((num_layers, n, n))
-    for layer in range(num_layers):
-        mixed = (alpha * attention[layer] + (1 - alpha) * np.eye(n)) * allowed
-        mixed = mixed / np.maximum(mixed.sum(-1, keepdims=True), 1e-12)
+    rollout = np.eye(attention.shape[-1])
+    out = np.empty(attention.shape)
+    for layer, mixed in enumerate(_residual_mix(attention, mask, alpha)):
         rollout = mixed @ rollout
         out[layer] = rollout
     return out
+
+
+def rollout_rows(attention: np.ndarray, mask: np.ndarray, query: int = -1, alpha: float = 0.5) -> np.ndarray:
+    """Row `query` of every R_l of `attention_rollout`, (L, N), by vector-matrix products: O(L^2 N^2)
+    instead of O(L N^3), for long token histories."""
+    mixed = _residual_mix(attention, mask, alpha)
+    rows = np.empty(attention.shape[:2])
+    for layer in range(len(mixed)):
+        row = mixed[layer][query]
+        for below in range(layer - 1, -1, -1):
+            row = row @ mixed[below]
+        rows[layer] = row
+    return rows
 
 
 # ------------------------------------------------------------------------------------ imagination
@@ -256,7 +273,7 @@ def _window_maps(dyn, probs: list[torch.Tensor], mask: torch.Tensor, rewards: to
                  actions: torch.Tensor) -> dict[str, np.ndarray]:
     """Raw (head-mean) and rollout rows of the final a token, per layer, over its direct window.
 
-    Window W = memory_length*P + 2 tokens ending in the current (z, a); shorter histories are padded on
+    Window W = (memory_length+1)*P + 1 tokens ending in the current (z, a); shorter histories are padded on
     the left with NaN. Returns raw, rollout (M, L, W), outside (M, L) rollout mass on older tokens, kinds
     (W,) 0 z / 1 a / 2 r, token rewards and actions (M, W) (NaN / -1 where not that kind)."""
     P = dyn.tokens_per_step
@@ -269,10 +286,10 @@ def _window_maps(dyn, probs: list[torch.Tensor], mask: torch.Tensor, rewards: to
     roll = np.full((M, L, W), np.nan)
     outside = np.zeros((M, L))
     for m in range(M):
-        R = attention_rollout(A[m], masks[m])  # (L, N, N)
+        rows = rollout_rows(A[m], masks[m])  # (L, N)
         raw[m, :, W - n:] = A[m, :, -1, N - n:]
-        roll[m, :, W - n:] = R[:, -1, N - n:]
-        outside[m] = R[:, -1, :N - n].sum(-1)
+        roll[m, :, W - n:] = rows[:, N - n:]
+        outside[m] = rows[:, :N - n].sum(-1)
     # Token positions from the end: the current z, a; before them complete steps j = 1, 2, ... back.
     history = np.arange(W - 2)[::-1]  # 0 for the token just before the current z
     back_history = history // P + 1
@@ -302,6 +319,8 @@ def imagine(run: LoadedRun, start: int, horizon: int, samples: int = 1, actions:
     dyn, obs_model = agent.dyn_model, agent.obs_model
     if not 1 <= start < buffer.size:
         raise ValueError(f"start {start} must be in [1, {buffer.size - 1}]")
+    if actions is not None and len(actions) < horizon:
+        raise ValueError(f"{len(actions)} actions given for {horizon} imagined steps")
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     device = agent.device
@@ -314,35 +333,27 @@ def imagine(run: LoadedRun, start: int, horizon: int, samples: int = 1, actions:
     fixed = None if actions is None else torch.as_tensor(np.asarray(actions), device=device)
 
     restart_logits = agent.encode_logits(buffer.sample_obs(64))  # (R, C, K) pool, as in training
-    recorder = AttentionRecorder(dyn) if attention else None
     world = Imagination(dyn, "vanilla" if attention else "xl")
     states, acts, rewards, discounts, dones, maps = [z], [], [], [], [], []
-    past_rewards, past_actions = r_prev[:, None], a_context[:, None]
-    with eval_mode(dyn, agent.actor, obs_model):
+    past_rewards, past_actions = r_prev[:, None], a_context[:, None]  # (M, steps so far)
+    with eval_mode(dyn, agent.actor, obs_model), AttentionRecorder(dyn if attention else None) as recorder:
         h = world.reset(z_context.repeat(samples, 1), a_context, d_context)
-        if recorder:
-            recorder.__enter__()
-        try:
-            for t in range(horizon):
-                x = torch.cat([z, h], -1) if cfg.ac.input_h else z
-                a = fixed[t].expand(samples) if fixed is not None else sample_action(agent.actor(x))
-                h = world.step(r_prev, z, a)
-                if recorder:
-                    past_actions = torch.cat([past_actions, a[:, None]], 1)
-                    maps.append(_window_maps(dyn, recorder.probs(), recorder.mask(), past_rewards,
-                                             past_actions))
-                logits, r, g_logit = dyn.predict(h)
-                g = torch.sigmoid(g_logit)
-                d = g < TERMINAL_DISCOUNT
-                restart = restart_logits[torch.randint(len(restart_logits), (samples,), device=device)]
-                z = torch.where(d[:, None], sample_latent(restart), sample_latent(logits))
-                world.end_step(d)
-                past_rewards = torch.cat([past_rewards, r[:, None]], 1)
-                states.append(z), acts.append(a), rewards.append(r), discounts.append(g), dones.append(d)
-                r_prev = r
-        finally:
-            if recorder:
-                recorder.__exit__()
+        for t in range(horizon):
+            x = torch.cat([z, h], -1) if cfg.ac.input_h else z
+            a = fixed[t].expand(samples) if fixed is not None else sample_action(agent.actor(x))
+            h = world.step(r_prev, z, a)
+            if attention:
+                past_actions = torch.cat([past_actions, a[:, None]], 1)
+                maps.append(_window_maps(dyn, recorder.probs(), recorder.mask(), past_rewards, past_actions))
+            logits, r, g_logit = dyn.predict(h)
+            g = torch.sigmoid(g_logit)
+            d = g < TERMINAL_DISCOUNT
+            restart = restart_logits[torch.randint(len(restart_logits), (samples,), device=device)]
+            z = torch.where(d[:, None], sample_latent(restart), sample_latent(logits))
+            world.end_step(d)
+            past_rewards = torch.cat([past_rewards, r[:, None]], 1)
+            states.append(z), acts.append(a), rewards.append(r), discounts.append(g), dones.append(d)
+            r_prev = r
         zs = torch.stack(states, 1)  # (M, H+1, C*K)
         stacks = obs_model.decode(zs).clamp(0, 1)  # (M, H+1, 4, 64, 64)
     torch.set_rng_state(generator_state)
