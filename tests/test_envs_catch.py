@@ -3,7 +3,7 @@ pixel-reading scripted policy and a clearly lower one for the random policy."""
 
 import numpy as np
 
-from twm.catch import CELL_W, MAX_RETURN, PADDLE_Y, RANDOM_POLICY_RETURN, ROW_H, SIZE
+from twm.catch import BALL_VALUE, CELL_W, MAX_RETURN, PADDLE_VALUE, PADDLE_Y, RANDOM_POLICY_RETURN, ROW_H, SIZE
 from twm.config import EnvConfig
 from twm.envs import RandomPolicy, evaluate, make_env, num_actions
 
@@ -31,7 +31,7 @@ def test_catch_has_the_atari_contract():
     env = make_env("Catch", CFG)
     obs, info = env.reset(seed=0)
     assert obs.shape == (4, 64, 64) and obs.dtype == np.uint8 and info["lives"] == 10
-    assert obs[-1][:PADDLE_Y].max() == 255 and obs[-1][PADDLE_Y:].max() == 160  # a ball and a paddle
+    assert obs[-1][:PADDLE_Y].max() == BALL_VALUE and obs[-1][PADDLE_Y:].max() == PADDLE_VALUE  # a ball and a paddle
     assert (obs[-1] > 0).sum() == ROW_H * (CELL_W - 2) + CELL_W * (SIZE - PADDLE_Y)  # ball block + paddle
     rewards, life_losses = [], 0
     while True:

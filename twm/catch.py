@@ -23,7 +23,7 @@ FALL_STEPS = 6  # steps from appearing (row 0) to landing (row 6, right above th
 PADDLE_Y = 56  # paddle occupies y 56..63
 BALLS = 10  # balls per game (= initial lives)
 SIZE = 64
-BALL_VALUE, PADDLE_VALUE = 255, 160
+BALL_VALUE, PADDLE_VALUE = 255, 255  # full contrast: the decoder loss weighs both alike
 ACTIONS = ("NOOP", "LEFT", "RIGHT")
 _MOVE = (0, -1, 1)
 # Any policy blind to the ball catches with probability 1/COLUMNS (the column is uniform and independent
