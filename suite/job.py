@@ -38,7 +38,6 @@ class LaunchContext:
     executor: str  # local | slurm | debug
     device: str = "auto"
     git_commit: str = "unknown"
-    progress: bool = False  # trainer progress bars (only for a single foreground run)
 
 
 def trainer_executable() -> list[str]:
@@ -66,9 +65,7 @@ def train_command(spec: RunSpec, ctx: LaunchContext, job_id: str) -> list[str]:
         tags["slurm.job_id"] = job_id
     for key, value in tags.items():
         cmd += ["--tag", f"{key}={value}"]
-    if not ctx.progress:
-        cmd.append("--no-progress")
-    return cmd
+    return cmd + ["--no-progress"]  # logs go to train.log; the suite shows its own progress
 
 
 def _ignore_usr2() -> None:
@@ -91,15 +88,13 @@ def start_run(spec: RunSpec, ctx: LaunchContext, job_id: str, env: dict[str, str
     claim = RunClaim.acquire(run_dir, job_id)
     if claim is None:
         return None
-    log = open(run_dir / TRAIN_LOG, "ab")  # noqa: SIM115 - the child owns it; closed below
     try:
-        proc = subprocess.Popen(train_command(spec, ctx, job_id), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, preexec_fn=_ignore_usr2)
+        with open(run_dir / TRAIN_LOG, "ab") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(train_command(spec, ctx, job_id), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, preexec_fn=_ignore_usr2)
     except OSError:
         claim.release()
         raise
-    finally:
-        log.close()
     return RunningTrainer(spec=spec, proc=proc, claim=claim, started=time.time())
 
 
