@@ -224,3 +224,30 @@ def test_compiled_train_step_matches_eager_on_cuda():
         results.append({k: v.item() for k, v in metrics.items()})
     for key, value in results[0].items():
         assert results[1][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+
+
+def test_train_step_dispatches_no_sync_prone_ops():
+    """CPU proxy for "no host syncs in a training iteration": no .item()/nonzero-style op is dispatched."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    agent = Agent(smoke(), A)
+    batch = bf16_drift_batch(8, smoke().wm.sequence_length)
+    pool = torch.randint(0, 256, (64, 4, 64, 64), dtype=torch.uint8)
+    sample = lambda n: pool[torch.randint(64, (n,))]  # noqa: E731
+    agent.train_step(batch, sample)
+    recorder = Recorder()
+    with recorder:
+        agent.train_step(batch, sample)
+    assert len(recorder.names) > 500  # the whole step was seen
+    syncing = [n for n in recorder.names if n.split(".")[0] in
+               ("_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "equal")]
+    assert syncing == []

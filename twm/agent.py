@@ -232,12 +232,19 @@ class Agent(nn.Module):
                    sample_start_obs: Callable[[int], torch.Tensor]) -> dict[str, torch.Tensor]:
         """One world-model update (phi and psi) on batch.obs (N, L+2, 4, 64, 64), then imagination from
         ac.batch_size of the N*L start candidates, one critic step, one actor step (spec §5, §7, §8)."""
+        metrics, start = self.world_model_step(self._on_device(batch))
+        restart_logits = self.encode_logits(sample_start_obs(self.config.ac.batch_size))
+        metrics.update(self.ac_update(self.imagine_trajectory(start, restart_logits)))
+        return metrics
+
+    def world_model_step(self, batch: SeqBatch) -> tuple[dict[str, torch.Tensor], StartStates]:
+        """The phi and psi updates of a train step (spec §5) on an on-device batch; returns their metrics
+        and the M imagination starts drawn from the N*L candidates (z_k, a_k, r_k, d_k) -> z_{k+1}."""
         cfg = self.config
-        batch = self._on_device(batch)
         o = self._pixels(batch.obs)
         N, L = o.shape[0], o.shape[1] - 2
 
-        # World model (spec §5): context and next-observation encodings without grad, in eval mode.
+        # Context and next-observation encodings without grad, in eval mode.
         with torch.no_grad(), eval_mode(self.obs_model), self.autocast():
             z_context = sample_latent(self.obs_model.encode(o[:, 0]).float())  # (N, C*K)
             next_logits = self.obs_model.encode(o[:, L + 1]).float()  # (N, C, K)
@@ -254,7 +261,6 @@ class Agent(nn.Module):
         metrics["obs/grad_norm"] = self._step(self.obs_optimizer, self.obs_model.parameters(), obs_loss,
                                               cfg.obs.grad_clip)
 
-        # Imagination (spec §7) from M of the N*L candidates (z_k, a_k, r_k, d_k) -> z_{k+1}.
         dones = batch.terminated | batch.truncated
         choice = torch.randperm(N * L, device=self.device)[:cfg.ac.batch_size]
         start = StartStates(z_context=z[:, :L].flatten(0, 1)[choice],
@@ -262,14 +268,17 @@ class Agent(nn.Module):
                             r_context=batch.rewards[:, :L].flatten()[choice],
                             d_context=dones[:, :L].flatten()[choice],
                             z=z[:, 1:].detach().flatten(0, 1)[choice])
-        restart_logits = self.encode_logits(sample_start_obs(cfg.ac.batch_size))
+        return metrics, start
+
+    def imagine_trajectory(self, start: StartStates, restart_logits: torch.Tensor,
+                           kv_cache: bool = True) -> Trajectory:
+        """Imagination (spec §7) with the dynamics model and actor in eval mode; fp32 outputs."""
         with eval_mode(self.dyn_model, self.actor), self.autocast():
-            trajectory = imagine(self.dyn_model, self.actor, start, restart_logits, cfg)
+            trajectory = imagine(self.dyn_model, self.actor, start, restart_logits, self.config, kv_cache)
         if self.bf16:  # the actor-critic update runs in fp32
             trajectory = replace(trajectory, **{f.name: getattr(trajectory, f.name).float() for f in fields(trajectory)
                                                 if getattr(trajectory, f.name).is_floating_point()})
-        metrics.update(self.ac_update(trajectory))
-        return metrics
+        return trajectory
 
     def ac_update(self, trajectory: Trajectory) -> dict[str, torch.Tensor]:
         """Critic step, then actor step, on an imagined trajectory (spec §8)."""

@@ -118,7 +118,8 @@ def sample_latent(logits: torch.Tensor, mode: str = "sample") -> torch.Tensor:
     else:
         u = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
         index = (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max = categorical sample
-    one_hot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
+    # scatter, not F.one_hot: one_hot range-checks its indices with a host sync
+    one_hot = torch.zeros_like(logits).scatter_(-1, index[..., None], 1.0)
     if mode == "straight_through":
         probs = logits.softmax(-1)
         one_hot = one_hot + probs - probs.detach()
