@@ -4,6 +4,7 @@
   twm-suite launch GRID [...]           run a grid (local pool by default; --executor slurm|debug)
   twm-suite status GRID                 pending/running/requeued/done/failed/missing per variant x game
   twm-suite report GRID / compare ...   the paper's tables and figures from MLflow (analysis package)
+  twm-suite figures CHECKPOINT_OR_RUN   world-model figures (imagination, attention, sampling) from a checkpoint
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from suite.launch import EXECUTORS, LaunchError, LaunchOptions, launch
 from suite.tracking import TrackingError
 from twm.config import ConfigError, parse_overrides
 
-ANALYSIS_VERBS = {"report": "the paper's tables and figures for a grid (analysis.cli)",
-                  "compare": "compare grids/variants with baselines (analysis.cli)"}
+# Verbs whose modules are heavy (pandas/rliable, torch): imported only when asked for.
+# verb -> (module with add_<verb>_arguments and run_<verb>, help)
+DELEGATED_VERBS = {
+    "report": ("analysis.cli", "the paper's tables and figures for a grid (analysis.cli)"),
+    "compare": ("analysis.cli", "compare grids/variants with baselines (analysis.cli)"),
+    "figures": ("suite.figures", "world-model figures from a checkpoint or run directory (suite.figures)"),
+}
 
 
 def cmd_grids(args: argparse.Namespace) -> int:
@@ -115,26 +121,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only the runs of this selection, not every run directory found for the grid")
     st.set_defaults(func=cmd_status)
 
-    for verb, text in ANALYSIS_VERBS.items():
+    for verb, (_, text) in DELEGATED_VERBS.items():
         sub.add_parser(verb, help=text, add_help=False)
     return parser
 
 
-def _analysis_main(verb: str, argv: list[str]) -> int:
-    """report/compare live in analysis.cli (pandas, rliable): imported only when asked for."""
-    from analysis import cli as analysis_cli
+def _delegated_main(verb: str, argv: list[str]) -> int:
+    """Run a verb of DELEGATED_VERBS, importing its module only now."""
+    import importlib
 
-    parser = argparse.ArgumentParser(prog=f"twm-suite {verb}", description=ANALYSIS_VERBS[verb])
-    getattr(analysis_cli, f"add_{verb}_arguments")(parser)
+    module_name, text = DELEGATED_VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"twm-suite {verb}", description=text)
+    getattr(module, f"add_{verb}_arguments")(parser)
     args = parser.parse_args(argv)
-    return getattr(analysis_cli, f"run_{verb}")(args)
+    return getattr(module, f"run_{verb}")(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] in ANALYSIS_VERBS:
-            return _analysis_main(argv[0], argv[1:])
+        if argv and argv[0] in DELEGATED_VERBS:
+            return _delegated_main(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (GridError, ConfigError, ClusterError, LaunchError, TrackingError) as err:

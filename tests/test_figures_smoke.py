@@ -3,7 +3,6 @@ and is not blank; bad checkpoints give one-line errors; the sampling simulation 
 
 from __future__ import annotations
 
-import argparse
 import math
 import subprocess
 import sys
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from suite.figures import add_figures_arguments, main, run_figures
+from suite.cli import main as suite_main
+from suite.figures import main
 from twm.checkpoint import list_checkpoints
 from twm.inspect import choose_start, imagine, load_run, real_segment, simulate_sampling
 
@@ -101,9 +101,8 @@ def test_balanced_sampling_spreads_selections_more_evenly_than_uniform():
 
 
 def _figures(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_figures_arguments(parser)
-    return run_figures(parser.parse_args(argv))
+    """`twm-suite figures ARGV` through the suite's command line."""
+    return suite_main(["figures", *argv])
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
