@@ -105,6 +105,41 @@ def latent_agreement(fp32: Agent, bf16: Agent, frames: np.ndarray) -> float:
     return round((ref == low).float().mean().item(), 4)
 
 
+def stage_breakdown(agent: Agent, frame: np.ndarray, calls: int = 200) -> dict:
+    """Best-of-5 ms per call of each stage of the z policy at batch 1 (current thread setting)."""
+
+    def best_ms(fn) -> float:
+        best = float("inf")
+        for _ in range(5):
+            fn()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best = min(best, (time.perf_counter() - start) / calls)
+        return round(1e3 * best, 3)
+
+    stages, encoder = {}, agent.obs_model.encoder
+    with torch.inference_mode():
+        x = agent._pixels(torch.from_numpy(frame[None]))
+        for i, layer in enumerate(encoder):
+            if isinstance(layer, torch.nn.Conv2d):
+                stages[f"conv {tuple(x.shape[1:])} -> {layer.out_channels}ch"] = best_ms(
+                    lambda layer=layer, x=x: agent.obs_model.encode_for_acting_layer(layer, x))
+            x = agent.obs_model.encode_for_acting_layer(layer, x)
+            if isinstance(layer, torch.nn.Flatten):
+                stages["encoder MLP"] = best_ms(lambda x=x, i=i: encoder[i + 1:](x))
+                break
+        z = sample_latent(agent.obs_model.encode_for_acting(agent._pixels(torch.from_numpy(frame[None]))), "argmax")
+        stages["actor MLP"] = best_ms(lambda: agent.actor(z))
+    policy = agent.make_policy(1)
+    total = best_ms(lambda: policy.act(frame[None]))
+    # Each stage above ran with its weights hot in cache; a whole act() streams all 4.4M weights (17.8 MB)
+    # through the cache every frame, so the remainder is mostly that, plus SiLUs, argmax, sampling, numpy.
+    stages["remainder (cold weights, glue)"] = round(total - sum(stages.values()), 3)
+    stages["total act()"] = total
+    return stages
+
+
 def measure_policy_fps(game: str, frames: int, repeats: int) -> dict:
     """All variants at 1 thread and at all threads; returns {"metrics": ..., "table": ...}."""
     config = paper()
@@ -127,6 +162,8 @@ def measure_policy_fps(game: str, frames: int, repeats: int) -> dict:
             if threads > 1 and "deployed" not in name:
                 continue  # comparison variants at 1 thread only (multi-thread figures are noisy on a shared VM)
             table[f"{name}, {threads} thread{'s' if threads > 1 else ''}"] = frames_per_second(make(), obs, repeats)
+    torch.set_num_threads(1)
+    breakdown = stage_breakdown(agent, obs[0])
     torch.set_num_threads(default_threads)
     all_t = f"{default_threads} thread{'s' if default_threads > 1 else ''}"
     metrics = {
@@ -138,8 +175,8 @@ def measure_policy_fps(game: str, frames: int, repeats: int) -> dict:
         "policy_zh_fps_b1_all_threads": table[f"[z,h] (deployed), {all_t}"]["median"],
         "bf16_latent_argmax_agreement": latent_agreement(agent, bf16_agent, obs),
     }
-    return {"metrics": metrics, "table": table, "game": game, "frames": frames, "repeats": repeats,
-            "all_threads": default_threads}
+    return {"metrics": metrics, "table": table, "ms_per_stage_1thread": breakdown, "game": game, "frames": frames,
+            "repeats": repeats, "all_threads": default_threads}
 
 
 def main() -> None:
@@ -162,6 +199,9 @@ def main() -> None:
     print(f"{'variant':<42}{'median fps':>12}{'best fps':>10}")
     for name, rate in record["table"].items():
         print(f"{name:<42}{rate['median']:>12.1f}{rate['best']:>10.1f}")
+    print("where the time goes (1 thread, best of 5):")
+    for name, ms in record["ms_per_stage_1thread"].items():
+        print(f"  {name:<48}{ms:>8.3f} ms")
     print(f"bf16 latent argmax agreement with fp32: {record['metrics']['bf16_latent_argmax_agreement']:.4f}")
     print(f"load average {record['load_average_at_start']} -> {record['load_average_at_end']}")
     args.record.parent.mkdir(parents=True, exist_ok=True)

@@ -78,11 +78,15 @@ class ObservationModel(nn.Module):
         im2col GEMM, which is several times faster than the library conv at this size on CPU."""
         x = o.reshape(-1, *o.shape[-3:])
         for layer in self.encoder:
-            if isinstance(layer, nn.Conv2d) and _conv_positions(layer, x) <= 16:
-                x = _conv_as_gemm(layer, x)
-            else:
-                x = layer(x)
+            x = self.encode_for_acting_layer(layer, x)
         return x.reshape(*o.shape[:-3], self.num_categoricals, self.num_classes)
+
+    @staticmethod
+    def encode_for_acting_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One encoder layer as `encode_for_acting` runs it."""
+        if isinstance(layer, nn.Conv2d) and _conv_positions(layer, x) <= 16:
+            return _conv_as_gemm(layer, x)
+        return layer(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Flat latent (..., C*K) -> pixel means (..., 4, 64, 64)."""
