@@ -16,8 +16,8 @@ from pathlib import Path
 from suite.cluster import ClusterError
 from suite.grids import GridError, get_grid, grid_names, parse_games, parse_seeds, plan
 from suite.launch import EXECUTORS, LaunchError, LaunchOptions, launch
-from suite.tracking import TrackingError
 from twm.config import ConfigError, parse_overrides
+from twm.tracking import TrackingError
 
 # Verbs whose modules are heavy (pandas/rliable, torch): imported only when asked for.
 # verb -> (module with add_<verb>_arguments and run_<verb>, help)

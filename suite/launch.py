@@ -26,8 +26,8 @@ from suite.cluster import (
 from suite.grids import RunSpec, get_grid, plan
 from suite.job import LaunchContext, RunJob, train_command
 from suite.rundir import DONE, FAILED, SUBMITTED, is_claimed, local_launcher_alive, read_json, record_submission
-from suite.tracking import TrackingError, check_server, default_tracking_uri, done_run_keys, ensure_experiment
-from suite.tracking import is_server as is_tracking_server
+from suite.tracking import done_run_keys, ensure_experiment
+from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -137,8 +137,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
 
     if not opts.dry_run:
         check_writable(runs_dir)
-        if is_tracking_server(tracking_uri):
-            check_server(tracking_uri)
+        check_tracking_uri(tracking_uri)
     mlflow_done = set() if opts.dry_run or opts.force else _mlflow_done(tracking_uri, grid.name)
     chosen = select(specs, runs_dir, mlflow_done, opts.force, opts.retry_failed)
     ctx = LaunchContext(runs_dir=runs_dir, tracking_uri=tracking_uri, experiment=grid.name,
@@ -170,7 +169,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
 
 
 def _mlflow_done(uri: str, experiment: str) -> set[str]:
-    if not is_tracking_server(uri) and not Path(uri.removeprefix("sqlite:///")).exists():
+    if not is_server(uri) and not Path(uri.removeprefix("sqlite:///")).exists():
         return set()
     try:
         return done_run_keys(uri, experiment)

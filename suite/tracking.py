@@ -1,42 +1,11 @@
-"""The suite's side of MLflow: where runs go, checking a server answers, creating the grid's experiment
-before any job starts, and which runs MLflow already knows as done. mlflow is imported lazily so that
-planning and `--dry-run` stay fast.
+"""The suite's side of MLflow: creating the grid's experiment before any job starts, and which runs
+MLflow already knows as done. The default store and the server check are twm.tracking's. mlflow is
+imported lazily so that planning and `--dry-run` stay fast.
 """
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-
-class TrackingError(RuntimeError):
-    """An unreachable server or an unusable store (one-line message)."""
-
-
-def default_tracking_uri(runs_dir: Path) -> str:
-    """One sqlite file for all grids, under the suite's output folder (absolute: jobs run elsewhere)."""
-    return f"sqlite:///{(runs_dir / 'mlflow.db').resolve()}"
-
-
-def is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """Raise TrackingError unless `<uri>/health` answers 200 (what `mlflow server` serves)."""
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            raise TrackingError(f"tracking server {uri} answered {response.status} on /health")
-    except urllib.error.HTTPError as err:
-        hint = " (start it with --allowed-hosts for this host name, see docs/suite.md)" if err.code == 403 else ""
-        raise TrackingError(f"tracking server {uri} answered {err.code} {err.reason}{hint}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingError(f"tracking server {uri} is not reachable: {reason}") from None
+from twm.tracking import TrackingError
 
 
 def ensure_experiment(uri: str, name: str) -> str:

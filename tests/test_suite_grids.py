@@ -158,7 +158,7 @@ def test_unreachable_tracking_server_is_a_one_line_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = run_cli("launch", "smoke", "--runs-dir", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{port}")
-    _one_line_error(out, "is not reachable")
+    _one_line_error(out, "is unreachable")
     assert not list(tmp_path.rglob("status.json"))
 
 

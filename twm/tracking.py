@@ -20,19 +20,29 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used (one-line message)."""
 
 
-def default_tracking_uri(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+def default_tracking_uri(folder: Path) -> str:
+    """A sqlite file `mlflow.db` in `folder` (a run directory, or the suite's runs folder); absolute,
+    because jobs may start elsewhere."""
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast with one line when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
+    """Fail fast with one line when an http(s) tracking server does not answer 200 on /health."""
+    if not is_server(uri):
         return
     url = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            if response.status != 200:
-                raise TrackingError(f"tracking server {uri} answered HTTP {response.status} on /health")
+            if response.status == 200:
+                return
+            raise TrackingError(f"tracking server {uri} answered {response.status} on /health")
+    except urllib.error.HTTPError as err:
+        hint = " (start it with --allowed-hosts for this host name, see docs/suite.md)" if err.code == 403 else ""
+        raise TrackingError(f"tracking server {uri} answered {err.code} {err.reason}{hint}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingError(f"tracking server {uri} is unreachable: {reason}") from None
