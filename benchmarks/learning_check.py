@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -83,7 +84,8 @@ def main() -> None:
         "wall_minutes": wall / 60,
         "train_steps": summary.train_steps,
         "env_steps": summary.env_steps,
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__},
         "load_average_at_end": list(Path("/proc/loadavg").read_text().split()[:3]),
         "commit": commit,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
