@@ -14,6 +14,7 @@ from pathlib import Path
 
 from twm.config import Config, ConfigError, preset
 from twm.games import GAMES, get_game
+from twm.run_record import TAG_GRID, TAG_RUN_KEY, TAG_VARIANT
 
 GRIDS_FILE = Path(__file__).with_name("grids.json")
 
@@ -70,7 +71,7 @@ class RunSpec:
 
     def tags(self) -> dict[str, str]:
         """The identity tags the suite adds to the trainer's own (twm.game, twm.seed, ...)."""
-        return {"twm.grid": self.grid, "twm.variant": self.variant, "twm.run_key": self.key}
+        return {TAG_GRID: self.grid, TAG_VARIANT: self.variant, TAG_RUN_KEY: self.key}
 
 
 @cache

@@ -21,7 +21,8 @@ from pathlib import Path
 import submitit
 
 from suite.grids import RunSpec
-from suite.rundir import DONE, FAILED, TRAIN_LOG, RunClaim
+from suite.rundir import RunClaim
+from twm.run_record import DONE, FAILED, TAG_EXECUTOR, TAG_GIT_COMMIT, TAG_SLURM_JOB_ID, TRAIN_LOG
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
 POLL_S = 1.0
@@ -60,9 +61,9 @@ def train_command(spec: RunSpec, ctx: LaunchContext, job_id: str) -> list[str]:
     ]
     for key, value in spec.overrides:
         cmd += ["--set", f"{key}={value}"]
-    tags = {**spec.tags(), "twm.git_commit": ctx.git_commit, "twm.executor": ctx.executor}
+    tags = {**spec.tags(), TAG_GIT_COMMIT: ctx.git_commit, TAG_EXECUTOR: ctx.executor}
     if ctx.executor == "slurm":
-        tags["slurm.job_id"] = job_id
+        tags[TAG_SLURM_JOB_ID] = job_id
     for key, value in tags.items():
         cmd += ["--tag", f"{key}={value}"]
     return cmd + ["--no-progress"]  # logs go to train.log; the suite shows its own progress

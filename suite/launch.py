@@ -25,8 +25,9 @@ from suite.cluster import (
 )
 from suite.grids import RunSpec, get_grid, plan
 from suite.job import LaunchContext, RunJob, train_command
-from suite.rundir import DONE, FAILED, SUBMITTED, is_claimed, local_launcher_alive, read_json, record_submission
+from suite.rundir import is_claimed, local_launcher_alive, record_submission
 from suite.tracking import done_run_keys, ensure_experiment
+from twm.run_record import DONE, FAILED, SUBMITTED, read_json
 from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server
 
 EXECUTORS = ("local", "slurm", "debug")

@@ -1,15 +1,12 @@
 """What a run directory says about its run: markers written by the trainer, the suite's claim lock and
 submission record, and the state the suite derives from them.
 
-Layout (the trainer writes the first group, the suite the second):
-  config.json, checkpoints/, status.json, train.log, DONE, FAILED
-  .claim.lock (flock held while a job runs the trainer), claim.json, submitted.json
+The layout and file names are twm.run_record's (the one owner of the run record).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import time
@@ -17,31 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite.grids import RunSpec
-
-DONE = "DONE"
-FAILED = "FAILED"
-STATUS = "status.json"
-TRAIN_LOG = "train.log"
-LOCK = ".claim.lock"
-CLAIM = "claim.json"
-SUBMITTED = "submitted.json"
+from twm.run_record import CLAIM, CONFIG, DONE, FAILED, LOCK, STATUS, SUBMITTED, read_json
+from twm.run_record import write_json_atomic as write_json
 
 STATES = ("pending", "running", "requeued", "done", "failed", "missing")
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None if it is missing or half-written."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic write (temp file + rename), so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 class RunClaim:
@@ -154,7 +130,7 @@ def run_state(spec: RunSpec, runs_dir: Path, queue: dict[str, tuple[str, str]]) 
 
 def _prefill(run_dir: Path) -> int:
     """buffer.prefill of the run (config.json written by the trainer); 0 when unknown."""
-    config = (read_json(run_dir / "config.json") or {}).get("config") or {}
+    config = (read_json(run_dir / CONFIG) or {}).get("config") or {}
     return int(config.get("buffer.prefill", 0))
 
 

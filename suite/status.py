@@ -11,7 +11,8 @@ from pathlib import Path
 
 from suite.cluster import squeue_states
 from suite.grids import RunSpec
-from suite.rundir import STATES, SUBMITTED, RunState, read_json, run_state
+from suite.rundir import STATES, RunState, run_state
+from twm.run_record import SUBMITTED, read_json
 
 _RUN_DIR = re.compile(r"s(?P<seed>\d+)-(?P<hash>[0-9a-f]{10})")
 

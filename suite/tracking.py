@@ -5,6 +5,7 @@ imported lazily so that planning and `--dry-run` stay fast.
 
 from __future__ import annotations
 
+from twm.run_record import STATE_DONE, TAG_GRID, TAG_RUN_KEY, TAG_STATUS
 from twm.tracking import TrackingError
 
 
@@ -21,7 +22,7 @@ def ensure_experiment(uri: str, name: str) -> str:
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
             return experiment.experiment_id
-        return client.create_experiment(name, tags={"twm.grid": name})
+        return client.create_experiment(name, tags={TAG_GRID: name})
     except MlflowException as err:
         raise TrackingError(f"tracking store {uri}: {str(err).splitlines()[0]}") from None
 
@@ -36,9 +37,9 @@ def done_run_keys(uri: str, experiment: str) -> set[str]:
         return set()
     keys, token = set(), None
     while True:
-        page = client.search_runs([found.experiment_id], filter_string="tags.`twm.status` = 'done'",
+        page = client.search_runs([found.experiment_id], filter_string=f"tags.`{TAG_STATUS}` = '{STATE_DONE}'",
                                   max_results=1000, page_token=token)
-        keys.update(run.data.tags["twm.run_key"] for run in page if "twm.run_key" in run.data.tags)
+        keys.update(run.data.tags[TAG_RUN_KEY] for run in page if TAG_RUN_KEY in run.data.tags)
         token = page.token
         if not token:
             return keys

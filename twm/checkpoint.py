@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from twm.run_record import CHECKPOINTS, fsync_dir, temp_path
+
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 
@@ -27,7 +29,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
+    return run_dir / CHECKPOINTS
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -45,17 +47,13 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path
     existing = list_checkpoints(run_dir)
     number = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
     path = folder / f"ckpt-{number:09d}.pt"
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(folder)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

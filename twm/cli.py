@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from twm import run_record as rr
 from twm.config import Config, ConfigError, parse_overrides, preset
 from twm.games import GAMES, UnknownGameError, get_game
 
@@ -56,11 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = build_config(args.preset, args.set, args.device)
     tags = parse_tags(args.tag)
     run_dir = Path(args.out)
-    if (run_dir / "DONE").exists():
-        print(f"already done: {run_dir / 'DONE'}")
+    if (run_dir / rr.DONE).exists():
+        print(f"already done: {run_dir / rr.DONE}")
         return EXIT_OK
     meta = {"game": game, "seed": args.seed, "preset": args.preset, "config_hash": config.hash()}
-    meta_path = run_dir / "config.json"
+    meta_path = run_dir / rr.CONFIG
     if meta_path.exists():
         saved = json.loads(meta_path.read_text())
         if any(saved.get(k) != v for k, v in meta.items()):
@@ -73,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as err:
         raise UsageError(f"output folder {run_dir} is not writable: {err.strerror}") from None
-    (run_dir / "FAILED").unlink(missing_ok=True)
+    (run_dir / rr.FAILED).unlink(missing_ok=True)
     meta_path.write_text(json.dumps(meta | {"config": config.to_dict()}, indent=1, default=list))
 
     from twm.tracking import Tracker
@@ -82,8 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or default_tracking_uri(run_dir)
     try:
         tracker = Tracker(uri, experiment=args.experiment, run_name=args.run_name or f"{game}-s{args.seed}",
-                          tags={"twm.game": game, "twm.seed": str(args.seed), "twm.preset": args.preset,
-                                "twm.config_hash": config.hash()} | tags)
+                          tags={rr.TAG_GAME: game, rr.TAG_SEED: str(args.seed), rr.TAG_PRESET: args.preset,
+                                rr.TAG_CONFIG_HASH: config.hash()} | tags)
     except TrackingError as err:
         raise UsageError(str(err)) from None
     try:
@@ -134,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     if path.is_dir():
-        run_dir = path.parent if path.name == "checkpoints" else path
+        run_dir = path.parent if path.name == rr.CHECKPOINTS else path
         found = list_checkpoints(run_dir)
         if not found:
             raise UsageError(f"no checkpoint in {run_dir}")
@@ -152,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     agent = Agent(config, num_actions(game), device)
     agent.load_state_dict(ckpt["agent"])
     envs = args.envs or min(args.episodes, 8)
-    scores = evaluate(game, config.env, agent.make_policy(envs), args.episodes, envs, seed=(seed + 13) * 7919 + 13,
+    scores = evaluate(game, config.env, agent.make_policy(envs), args.episodes, envs, seed=seed,
                       progress=True)
     print(json.dumps({"checkpoint": str(path), "game": game, "episodes": len(scores), "mean": float(np.mean(scores)),
                       "std": float(np.std(scores)), "scores": scores.tolist()}, indent=1))

@@ -18,6 +18,7 @@ from ale_py.env import AtariEnv
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
 from tqdm import tqdm
 
+from twm import run_record
 from twm.catch import ACTIONS as CATCH_ACTIONS
 from twm.catch import SIZE as CATCH_SIZE
 from twm.catch import CatchEnv
@@ -203,11 +204,11 @@ class RandomPolicy:
 
 def eval_round_seeds(seed: int, num_envs: int, num_rounds: int) -> list[list[int]]:
     """Reset seeds of each evaluation round (spec §2.3): start (seed+13)*7919+13, env k gets s+k."""
-    s = (seed + 13) * 7919 + 13
+    s = run_record.eval_start_seed(seed)
     rounds = []
     for _ in range(num_rounds):
         rounds.append([s + k for k in range(num_envs)])
-        s = s * 3 + 13 + num_envs
+        s = run_record.next_eval_seed(s, num_envs)
     return rounds
 
 

@@ -15,6 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from twm.run_record import MLFLOW_DB, STATE_DONE, STATE_FAILED, TAG_STATUS
+
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used (one-line message)."""
@@ -23,7 +25,7 @@ class TrackingError(RuntimeError):
 def default_tracking_uri(folder: Path) -> str:
     """A sqlite file `mlflow.db` in `folder` (a run directory, or the suite's runs folder); absolute,
     because jobs may start elsewhere."""
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(folder / MLFLOW_DB).resolve()}"
 
 
 def is_server(uri: str) -> bool:
@@ -112,7 +114,7 @@ class Tracker:
     def set_status(self, status: str) -> None:
         """The explicit completion marker: running | interrupted | done | failed."""
         self.flush()
-        self.client.set_tag(self.run_id, "twm.status", status)
+        self.client.set_tag(self.run_id, TAG_STATUS, status)
 
     def log_json(self, name: str, obj: Any) -> None:
         self.client.log_text(self.run_id, json.dumps(obj, indent=1), name)
@@ -120,5 +122,5 @@ class Tracker:
     def close(self, status: str) -> None:
         """Flush, set `twm.status` and end the MLflow run with a matching MLflow status."""
         self.set_status(status)
-        mlflow_status = {"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED")
+        mlflow_status = {STATE_DONE: "FINISHED", STATE_FAILED: "FAILED"}.get(status, "KILLED")
         self.client.set_terminated(self.run_id, status=mlflow_status)

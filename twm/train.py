@@ -17,12 +17,12 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from twm import run_record as rr
 from twm.agent import Agent
 from twm.checkpoint import (
     env_state,
@@ -88,12 +88,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Owns the env, agent, buffer and schedule of one run; `run()` drives it to the end."""
 
@@ -119,7 +113,7 @@ class Trainer:
         obs_shape = (config.env.frame_stack, config.env.screen_size, config.env.screen_size)
         self.buffer = ReplayBuffer(config.buffer.capacity, obs_shape, self.device)
         self.policy = self.agent.make_policy(1)
-        self.state = RunState(reset_seed=(seed + 1) * 7979)
+        self.state = RunState(reset_seed=rr.train_reset_seed(seed))
         self.interleave = Interleave(self.budget.train_every)
         self._started = time.monotonic()
         self._last_checkpoint = time.monotonic()
@@ -141,7 +135,7 @@ class Trainer:
 
     def write_status(self, state: str) -> None:
         last = self.state.evals[-1] if self.state.evals else None
-        write_json_atomic(self.run_dir / "status.json", {
+        rr.write_json_atomic(self.run_dir / rr.STATUS, {
             "state": state,
             "phase": self.state.phase,
             "env_step": self.buffer.size,
@@ -196,7 +190,7 @@ class Trainer:
         path = save_checkpoint(self.run_dir, state, keep=self.config.runtime.keep_checkpoints)
         self._last_checkpoint = time.monotonic()
         self._checkpointed = self._position()
-        self.write_status("running")
+        self.write_status(rr.STATE_RUNNING)
         self.log(f"checkpoint {path.name} at env step {self.buffer.size} ({self.state.phase})")
 
     def restore(self) -> bool:
@@ -247,24 +241,24 @@ class Trainer:
         if self.tracker:
             params = self.config.to_dict() | {"game": self.game, "seed": self.seed}
             self.tracker.start(params, run_id=self._saved_run_id())
-            write_json_atomic(self.run_dir / "mlflow_run.json",
+            rr.write_json_atomic(self.run_dir / rr.MLFLOW_RUN,
                               {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
-            self.tracker.set_status("running")
-        self.write_status("running")
+            self.tracker.set_status(rr.STATE_RUNNING)
+        self.write_status(rr.STATE_RUNNING)
         self._bar = tqdm(total=self.config.buffer.capacity, initial=self.buffer.size, unit="step",
                          desc=f"{self.game} s{self.seed}", disable=not self.progress, dynamic_ncols=True)
         try:
             return self._run_phases()
         except StopRequested:
-            self.write_status("interrupted")
+            self.write_status(rr.STATE_INTERRUPTED)
             if self.tracker:
-                self.tracker.set_status("interrupted")
+                self.tracker.set_status(rr.STATE_INTERRUPTED)
             raise
         except Exception as err:
-            (self.run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n")
-            self.write_status("failed")
+            (self.run_dir / rr.FAILED).write_text(f"{type(err).__name__}: {err}\n")
+            self.write_status(rr.STATE_FAILED)
             if self.tracker:
-                self.tracker.close("failed")
+                self.tracker.close(rr.STATE_FAILED)
             raise
         finally:
             self._bar.close()
@@ -284,8 +278,8 @@ class Trainer:
         return self.final_evaluation()
 
     def _saved_run_id(self) -> str | None:
-        path = self.run_dir / "mlflow_run.json"
-        return json.loads(path.read_text())["run_id"] if path.exists() else None
+        saved = rr.read_json(self.run_dir / rr.MLFLOW_RUN)
+        return saved["run_id"] if saved else None
 
     def env_step(self, action: int) -> None:
         """One real interaction (spec §2.2); episode ends reset with seed s <- 3s + 13."""
@@ -297,10 +291,10 @@ class Trainer:
         if done:
             game_over = truncated or info.get("lives", 0) == 0
             if game_over:
-                self.flush_metrics({"train/return": self.state.episode_return})
+                self.flush_metrics({rr.TRAIN_RETURN: self.state.episode_return})
                 self.state.episode_return = 0.0
                 self.policy.reset(0)
-            self.state.reset_seed = 3 * self.state.reset_seed + 13
+            self.state.reset_seed = rr.next_reset_seed(self.state.reset_seed)
             obs, _ = self.env.reset(seed=self.state.reset_seed)
         self.buffer.append(action, stored, terminated, truncated, obs)
         self._bar.update(1)
@@ -394,8 +388,8 @@ class Trainer:
             if time.monotonic() - last_log > 30 or self._metric_count >= 500:
                 elapsed = time.monotonic() - last_log
                 self.flush_metrics({
-                    "perf/env_steps_per_s": (self.buffer.size - log_start[0]) / elapsed,
-                    "perf/train_steps_per_s": (self.state.train_steps - log_start[1]) / elapsed,
+                    rr.PERF_ENV_STEPS_PER_S: (self.buffer.size - log_start[0]) / elapsed,
+                    rr.PERF_TRAIN_STEPS_PER_S: (self.state.train_steps - log_start[1]) / elapsed,
                 })
                 last_log, log_start = time.monotonic(), (self.buffer.size, self.state.train_steps)
             self.safe_point()
@@ -418,7 +412,7 @@ class Trainer:
         self.in_evaluation = True
         try:
             scores = evaluate(self.game, self.config.env, self.agent.make_policy(num_envs), episodes, num_envs,
-                              seed=(self.seed + 13) * 7919 + 13)
+                              seed=self.seed)
         finally:
             self.in_evaluation = False
         step = self.buffer.size
@@ -427,24 +421,24 @@ class Trainer:
         self.log(f"eval at {step}: return {scores.mean():.1f} ± {scores.std():.1f} over {episodes} games "
                  f"({time.monotonic() - started:.0f}s)")
         if self.tracker:
-            self.tracker.log_metrics({"eval/return": float(scores.mean()), "eval/return_std": float(scores.std()),
-                                      "eval/episodes": episodes}, step=step, flush=True)
+            self.tracker.log_metrics({rr.EVAL_RETURN: float(scores.mean()), rr.EVAL_RETURN_STD: float(scores.std()),
+                                      rr.EVAL_EPISODES: episodes}, step=step, flush=True)
         self._bar.set_postfix_str(f"main, last eval {scores.mean():.1f}")
-        self.write_status("running")
+        self.write_status(rr.STATE_RUNNING)
         return scores
 
     def final_evaluation(self) -> RunSummary:
         scores = self.evaluation(self.config.schedule.final_eval_episodes)
         summary = RunSummary(self.game, self.seed, float(scores.mean()), scores.tolist(), self.buffer.size,
                              self.state.train_steps, self.wall_s(), str(self.run_dir), self.state.evals)
-        write_json_atomic(self.run_dir / "final_scores.json", asdict(summary))
+        rr.write_json_atomic(self.run_dir / rr.FINAL_SCORES, asdict(summary))
         if self.tracker:
-            self.tracker.log_metrics({"final/score": summary.final_score,
-                                      "final/score_std": float(scores.std())}, step=self.buffer.size)
-            self.tracker.log_json("final_scores.json", asdict(summary))
-            self.tracker.close("done")
-        self.write_status("done")
-        write_json_atomic(self.run_dir / "DONE", {
+            self.tracker.log_metrics({rr.FINAL_SCORE: summary.final_score,
+                                      rr.FINAL_SCORE_STD: float(scores.std())}, step=self.buffer.size)
+            self.tracker.log_json(rr.FINAL_SCORES, asdict(summary))
+            self.tracker.close(rr.STATE_DONE)
+        self.write_status(rr.STATE_DONE)
+        rr.write_json_atomic(self.run_dir / rr.DONE, {
             "final_score": summary.final_score, "episodes": len(scores), "env_steps": summary.env_steps,
             "wall_s": summary.wall_s, "config_hash": self.config.hash()})
         self.log(f"done: final score {summary.final_score:.2f} over {len(scores)} games; outputs in {self.run_dir}")

@@ -1,0 +1,175 @@
+"""The run record: what a run directory holds, what MLflow is told about a run, and the seed rules.
+
+This is the one owner of the contract between the trainer (`twm`), the suite (`suite`) and the analysis
+(`analysis`, which keeps a tested copy of the names it reads, since it must not import `twm`). Torch-free
+and MLflow-free, so the suite can plan and inspect 130 runs in milliseconds.
+
+Layout of a run directory (the trainer writes the first group, the suite the second):
+
+  config.json        identity (game, seed, preset, config hash) and the full config, written before any work
+  status.json        state, phase, env step, last evaluation, pid/host, MLflow run id (rewritten atomically)
+  metrics.jsonl      every metric point, appended first here (MLflow is fed from it)
+  checkpoints/       ckpt-<n>.pt, atomic, the newest `runtime.keep_checkpoints`
+  final_scores.json  the final evaluation's episodes and summary
+  mlflow_run.json    the MLflow run id and tracking URI of this run (reopened on resume)
+  DONE               written last: the run is finished
+  FAILED             one line: why the trainer failed
+  train.log          the trainer's stdout/stderr when the suite runs it
+  .claim.lock        flock held while a process runs the trainer on this directory
+  claim.json         who holds the claim
+  submitted.json     which launch / job submitted the run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# ------------------------------------------------------------------------------- file names
+CONFIG = "config.json"
+STATUS = "status.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+FINAL_SCORES = "final_scores.json"
+MLFLOW_RUN = "mlflow_run.json"
+DONE = "DONE"
+FAILED = "FAILED"
+TRAIN_LOG = "train.log"
+LOCK = ".claim.lock"
+CLAIM = "claim.json"
+SUBMITTED = "submitted.json"
+MLFLOW_DB = "mlflow.db"  # the default sqlite store in a run directory or a runs folder
+TEMP_MARK = ".tmp-"  # temp files of atomic writes are named `.<name>.tmp-<pid>`
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of one run directory."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / CONFIG)
+    status = property(lambda self: self.path / STATUS)
+    metrics = property(lambda self: self.path / METRICS)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    final_scores = property(lambda self: self.path / FINAL_SCORES)
+    mlflow_run = property(lambda self: self.path / MLFLOW_RUN)
+    done = property(lambda self: self.path / DONE)
+    failed = property(lambda self: self.path / FAILED)
+    train_log = property(lambda self: self.path / TRAIN_LOG)
+    lock = property(lambda self: self.path / LOCK)
+    claim = property(lambda self: self.path / CLAIM)
+    submitted = property(lambda self: self.path / SUBMITTED)
+    mlflow_db = property(lambda self: self.path / MLFLOW_DB)
+
+
+# --------------------------------------------------------------------------------- states
+# A run's state as the trainer writes it in status.json and in the MLflow tag `twm.status`.
+STATE_RUNNING = "running"
+STATE_INTERRUPTED = "interrupted"  # stopped by a signal after a checkpoint; a relaunch resumes it
+STATE_FAILED = "failed"  # the trainer failed; FAILED says why
+STATE_DONE = "done"  # the final score is logged; the only completion marker
+RUN_STATES = (STATE_RUNNING, STATE_INTERRUPTED, STATE_FAILED, STATE_DONE)
+
+# ----------------------------------------------------------------------------- MLflow tags
+TAG_STATUS = "twm.status"  # one of RUN_STATES; MLflow's own RUNNING/FAILED status is not a marker
+TAG_GAME = "twm.game"
+TAG_SEED = "twm.seed"
+TAG_PRESET = "twm.preset"
+TAG_CONFIG_HASH = "twm.config_hash"
+TAG_GRID = "twm.grid"  # suite runs: the grid (== MLflow experiment name)
+TAG_VARIANT = "twm.variant"
+TAG_RUN_KEY = "twm.run_key"  # grid/variant/game/s<seed>-<hash>
+TAG_GIT_COMMIT = "twm.git_commit"
+TAG_EXECUTOR = "twm.executor"
+TAG_SLURM_JOB_ID = "slurm.job_id"
+
+# -------------------------------------------------------------------------- MLflow metrics
+# step = the env step at which the value was measured
+EVAL_RETURN = "eval/return"  # mean return of an evaluation (every schedule.eval_every env steps)
+EVAL_RETURN_STD = "eval/return_std"
+EVAL_EPISODES = "eval/episodes"
+FINAL_SCORE = "final/score"  # mean over schedule.final_eval_episodes at the end: the reported number
+FINAL_SCORE_STD = "final/score_std"
+TRAIN_RETURN = "train/return"  # raw return of each finished training game
+PERF_ENV_STEPS_PER_S = "perf/env_steps_per_s"
+PERF_TRAIN_STEPS_PER_S = "perf/train_steps_per_s"
+
+
+# ----------------------------------------------------------------------------- seed rules
+def train_reset_seed(seed: int) -> int:
+    """The training env's first reset seed (spec §1): (seed+1)*7979."""
+    return (seed + 1) * 7979
+
+
+def next_reset_seed(reset_seed: int) -> int:
+    """The training env's reset seed after every episode end (spec §2.2): s <- 3s + 13."""
+    return 3 * reset_seed + 13
+
+
+def eval_start_seed(seed: int) -> int:
+    """The first evaluation round's seed (spec §2.3): (seed+13)*7919+13; sub-env k gets s+k."""
+    return (seed + 13) * 7919 + 13
+
+
+def next_eval_seed(round_seed: int, num_envs: int) -> int:
+    """The next evaluation round's seed (spec §2.3): s <- 3s + 13 + num_envs."""
+    return round_seed * 3 + 13 + num_envs
+
+
+# --------------------------------------------------------------------------- atomic writes
+def temp_path(path: Path) -> Path:
+    """The temp name an atomic write of `path` uses (hidden, with this process's pid)."""
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+
+
+def is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and TEMP_MARK in path.name
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write to a temp file and rename it over `path`, so readers never see half a file; with `durable`,
+    fsync the file and its folder so the content survives a power loss. The temp file never stays."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
+    write_bytes_atomic(path, text.encode(), durable=durable)
+
+
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = False) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1), durable=durable)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None if it is missing, unreadable or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
