@@ -3,6 +3,7 @@
   twm-suite grids                       list the grids and their run counts
   twm-suite launch GRID [...]           run a grid (local pool by default; --executor slurm|debug)
   twm-suite status GRID                 pending/running/requeued/done/failed/missing per variant x game
+  twm-suite sync GRID                   bring MLflow up to date from the run directories' metric logs
   twm-suite report GRID / compare ...   the paper's tables and figures from MLflow (analysis package)
   twm-suite figures CHECKPOINT_OR_RUN   world-model figures (imagination, attention, sampling) from a checkpoint
 """
@@ -25,6 +26,7 @@ DELEGATED_VERBS = {
     "report": ("analysis.cli", "the paper's tables and figures for a grid (analysis.cli)"),
     "compare": ("analysis.cli", "compare grids/variants with baselines (analysis.cli)"),
     "figures": ("suite.figures", "world-model figures from a checkpoint or run directory (suite.figures)"),
+    "sync": ("suite.sync", "bring MLflow up to date from the grid's run directories (suite.sync)"),
 }
 
 

@@ -26,7 +26,7 @@ from suite.cluster import (
 from suite.grids import RunSpec, get_grid, plan
 from suite.job import LaunchContext, RunJob, train_command
 from suite.rundir import is_claimed, local_launcher_alive, record_submission
-from suite.tracking import done_run_keys, ensure_experiment
+from suite.tracking import done_run_keys, ensure_experiment, say_report, sync_runs, tracked, tracking_plan
 from twm.run_record import DONE, FAILED, SUBMITTED, read_json
 from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server
 
@@ -135,19 +135,22 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     runs_dir = opts.runs_dir.resolve()
     tracking_uri = opts.tracking_uri or (profile.tracking_uri if profile else "") or default_tracking_uri(runs_dir)
     device = opts.device or (profile.device if profile else "auto")
+    tracking = tracking_plan(opts.executor, tracking_uri)
 
     if not opts.dry_run:
         check_writable(runs_dir)
         check_tracking_uri(tracking_uri)
+        sync_before_launch(specs, runs_dir, tracking_uri, grid.name, say)
     mlflow_done = set() if opts.dry_run or opts.force else _mlflow_done(tracking_uri, grid.name)
     chosen = select(specs, runs_dir, mlflow_done, opts.force, opts.retry_failed)
     ctx = LaunchContext(runs_dir=runs_dir, tracking_uri=tracking_uri, experiment=grid.name,
-                        executor=opts.executor, device=device, git_commit=git_commit())
+                        executor=opts.executor, device=device, git_commit=git_commit(), offline=tracking.offline)
     say(f"grid {grid.name}: {len(specs)} runs; {len(chosen.to_run)} to run, {len(chosen.done)} done, "
         f"{len(chosen.failed)} failed (--retry-failed to resume them), {len(chosen.active)} queued or running")
     groups = [tuple(chosen.to_run[i:i + opts.runs_per_gpu])
               for i in range(0, len(chosen.to_run), opts.runs_per_gpu)]
 
+    say(tracking.describe(grid.name))
     if opts.dry_run:
         _print_plan(chosen.to_run, ctx, say)
         if profile is not None:
@@ -158,7 +161,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
         say("nothing to submit")
         return 0
 
-    ensure_experiment(tracking_uri, grid.name)
+    ensure_experiment(tracking_uri, grid.name, runs_dir)
     for spec in chosen.to_run:
         reset_for_rerun(spec, runs_dir, opts.force)
     say(f"runs in {runs_dir / grid.name}; MLflow: {tracking_uri} (experiment {grid.name})")
@@ -167,6 +170,14 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     if opts.executor == "debug":
         return _launch_debug(groups, ctx, say)
     return _launch_slurm(groups, ctx, profile, opts, say)
+
+
+def sync_before_launch(specs: list[RunSpec], runs_dir: Path, uri: str, grid: str, say: Callable[[str], None]) -> None:
+    """Every relaunch first brings MLflow up to date from the runs that were started before (idempotent)."""
+    run_dirs = tracked([spec.run_dir(runs_dir) for spec in specs])
+    if run_dirs:
+        ensure_experiment(uri, grid, runs_dir)
+        say_report(sync_runs(run_dirs, uri, progress=False), uri, say)
 
 
 def _mlflow_done(uri: str, experiment: str) -> set[str]:
@@ -269,6 +280,8 @@ def _launch_slurm(groups: list[tuple[RunSpec, ...]], ctx: LaunchContext, profile
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as err:
             say(f"job {job.job_id}: {str(err).strip().splitlines()[0]}")
             outcomes[job.job_id] = "failed"
+    say_report(sync_runs(tracked([s.run_dir(ctx.runs_dir) for g in groups for s in g]), ctx.tracking_uri,
+                         progress=False), ctx.tracking_uri, say)
     return _report(outcomes, say)
 
 

@@ -50,8 +50,8 @@ def parse_tags(items: list[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
-    from twm.checkpoint import CheckpointError
-    from twm.tracking import TrackingError, default_tracking_uri
+    from twm.checkpoint import CheckpointError, list_checkpoints
+    from twm.tracking import TrackingError, artifact_location, check_tracking_uri, default_tracking_uri
 
     game = check_game(args.game)
     config = build_config(args.preset, args.set, args.device)
@@ -81,12 +81,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twm.train import NonFiniteLossError, StopRequested, Trainer
 
     uri = args.tracking_uri or default_tracking_uri(run_dir)
-    try:
-        tracker = Tracker(uri, experiment=args.experiment, run_name=args.run_name or f"{game}-s{args.seed}",
-                          tags={rr.TAG_GAME: game, rr.TAG_SEED: str(args.seed), rr.TAG_PRESET: args.preset,
-                                rr.TAG_CONFIG_HASH: config.hash()} | tags)
-    except TrackingError as err:
-        raise UsageError(str(err)) from None
+    if not args.offline and not list_checkpoints(run_dir):
+        # A fresh run checks its server at once (a typo is bad input); a resumed one never stops for
+        # tracking: its sender retries in the background.
+        try:
+            check_tracking_uri(uri)
+        except TrackingError as err:
+            raise UsageError(str(err)) from None
+    tracker = Tracker(uri, experiment=args.experiment, run_name=args.run_name or f"{game}-s{args.seed}",
+                      tags={rr.TAG_GAME: game, rr.TAG_SEED: str(args.seed), rr.TAG_PRESET: args.preset,
+                            rr.TAG_CONFIG_HASH: config.hash()} | tags,
+                      offline=args.offline, location=artifact_location(uri, run_dir),
+                      interval_s=config.runtime.tracking_interval_s, close_s=config.runtime.tracking_close_s)
     try:
         trainer = Trainer(config, game, args.seed, run_dir, tracker, progress=not args.no_progress)
     except ValueError as err:  # e.g. CUDA requested but absent
@@ -173,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. buffer.temperature=inf (repeatable)")
     run.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite file in --out)")
+    run.add_argument("--offline", action="store_true",
+                     help="keep the MLflow record in --out only (metrics.jsonl, mlflow_run.json); "
+                          "`twm-suite sync` sends it to --tracking-uri later")
     run.add_argument("--experiment", default="twm", help="MLflow experiment name")
     run.add_argument("--run-name", default=None)
     run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag")

@@ -151,6 +151,9 @@ class RuntimeConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     checkpoint_interval_s: float = 600.0  # also after every evaluation
     keep_checkpoints: int = 2
+    metrics_every: int = 100  # updates per logged mean of the losses (a deterministic cadence, step = update)
+    tracking_interval_s: float = 5.0  # the background sender's pass interval (twm.tracking)
+    tracking_close_s: float = 30.0  # at the end, how long the sender may still take to send the last points
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
 
@@ -223,6 +226,8 @@ class Config:
             raise ConfigError(f"dyn.embed_dim ({dyn.embed_dim}) must be divisible by dyn.num_heads")
         if self.schedule.pretrain_budget >= self.schedule.budget:
             raise ConfigError("schedule.pretrain_budget must be < schedule.budget")
+        if self.runtime.metrics_every < 1:
+            raise ConfigError(f"runtime.metrics_every must be >= 1, got {self.runtime.metrics_every}")
 
     def hash(self) -> str:
         """Stable 10-hex-digit identity of everything that changes results (runtime excluded)."""
