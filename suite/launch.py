@@ -26,7 +26,15 @@ from suite.cluster import (
 from suite.grids import RunSpec, get_grid, plan
 from suite.job import LaunchContext, RunJob, train_command
 from suite.rundir import is_claimed, local_launcher_alive, record_submission
-from suite.tracking import done_run_keys, ensure_experiment, say_report, sync_runs, tracked, tracking_plan
+from suite.tracking import (
+    done_run_keys,
+    ensure_experiment,
+    say_report,
+    sync_runs,
+    tracked,
+    tracking_plan,
+    ui_hint,
+)
 from twm.run_record import DONE, FAILED, SUBMITTED, read_json
 from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server
 
@@ -165,6 +173,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     for spec in chosen.to_run:
         reset_for_rerun(spec, runs_dir, opts.force)
     say(f"runs in {runs_dir / grid.name}; MLflow: {tracking_uri} (experiment {grid.name})")
+    say(ui_hint(tracking_uri, grid.name))
     if opts.executor == "local":
         return _launch_local(chosen.to_run, ctx, opts, say)
     if opts.executor == "debug":

@@ -153,7 +153,7 @@ class RuntimeConfig:
     keep_checkpoints: int = 2
     metrics_every: int = 100  # updates per logged mean of the losses (a deterministic cadence, step = update)
     tracking_interval_s: float = 5.0  # the background sender's pass interval (twm.tracking)
-    tracking_close_s: float = 30.0  # at the end, how long the sender may still take to send the last points
+    tracking_close_s: float = 10.0  # at the end, how long the sender may still take to send the last points
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
 

@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,11 @@ def one_line(err: BaseException) -> str:
 
 def client_for(uri: str):
     """An MlflowClient whose HTTP calls fail fast: the sender and sync retry with their own backoff, where
-    MLflow's default (7 retries, 120 s timeout) stalls a call for about 4 minutes."""
+    MLflow's default (7 retries, 120 s timeout) stalls a call for about 4 minutes. It prints no "View run"
+    line into the run's log when a run ends."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -340,7 +343,9 @@ class Sender(threading.Thread):
         super().__init__(name="twm-tracking-sender", daemon=True)
         self.mirror, self.lock, self.interval_s = mirror, lock, interval_s
         self.log, self.on_change = log, on_change
-        self.failures = 0
+        self.failures = 0  # consecutive failed passes (0 once a pass succeeds)
+        self.failed_passes = 0  # all failed passes of this sender
+        self.error_kinds: Counter[str] = Counter()  # what went wrong, by exception type
         self.last_error: str | None = None
         self.failing_since: float | None = None
         self.complete = False  # the last pass sent everything there was
@@ -370,6 +375,8 @@ class Sender(threading.Thread):
             self.mirror.reset()
             self.complete = False
             self.failures += 1
+            self.failed_passes += 1
+            self.error_kinds[type(err).__name__] += 1
             self.last_error = one_line(err)
             if self.failing_since is None:
                 self.failing_since = time.time()
@@ -403,8 +410,8 @@ class Tracker:
     (none with `offline`: the run directory is synced later by `twm-suite sync`)."""
 
     def __init__(self, tracking_uri: str, experiment: str = "twm", run_name: str | None = None,
-                 tags: dict[str, str] | None = None, *, offline: bool = False, location: str | None = None,
-                 interval_s: float = 5.0, close_s: float = 30.0):
+                 tags: dict[str, str] | None = None, *, interval_s: float, close_s: float, offline: bool = False,
+                 location: str | None = None):
         self.uri = tracking_uri
         self.experiment = experiment
         self.run_name = run_name
@@ -443,6 +450,7 @@ class Tracker:
             return out
         sender = self.sender
         out["sent"] = sender.mirror.sent
+        out["failed_attempts"] = sender.failed_passes
         if sender.failures:
             out["state"] = "failing"
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sender.failing_since))
