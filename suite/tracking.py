@@ -75,12 +75,15 @@ class SyncReport:
     sent: int = 0  # points sent now
     present: int = 0  # points MLflow already had
     unchanged: int = 0  # runs already in sync (nothing asked of MLflow)
+    unreadable: int = 0  # lines of local logs that could not be read (not sent)
     live: list[Path] = field(default_factory=list)  # a trainer's own sender holds them
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
     def line(self, target: str) -> str:
         parts = [f"{self.sent:,} points sent", f"{self.present:,} already there",
                  f"{self.unchanged} run(s) unchanged"]
+        if self.unreadable:
+            parts.append(f"{self.unreadable} unreadable log line(s) skipped")
         if self.live:
             parts.append(f"{len(self.live)} live (their trainers send them)")
         if self.failed:
@@ -109,6 +112,7 @@ def sync_runs(run_dirs: list[Path], uri: str | None = None, *, progress: bool = 
             report.sent += sent
             report.present += mirror.present
             report.unchanged += mirror.unchanged
+            report.unreadable += mirror.skipped_lines
         except Exception as err:  # one run's store problem must not stop the others
             report.failed.append((run_dir, one_line(err)))
         finally:

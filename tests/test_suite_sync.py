@@ -1,13 +1,12 @@
-"""`twm-suite sync` and the tracking design of a launch: what the dry run says per executor, Slurm trainers
-logging offline (the exact command a job runs, killed once mid-run) merged exactly once by a relaunch and by
-`sync`, and `sync`'s one-line errors."""
+"""`twm-suite sync` and the tracking design of a launch: what the dry run says per executor, a Slurm trainer
+logging offline (the exact command a job runs) merged exactly once by a relaunch and by `sync`, and `sync`'s
+one-line errors."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -56,15 +55,7 @@ def test_offline_slurm_trainers_are_merged_exactly_once_by_a_relaunch_and_by_syn
     command = train_command(spec, LaunchContext(runs_dir=runs, tracking_uri=uri, experiment="smoke",
                                                 executor="slurm", offline=True), "4242_0")
     run_dir = spec.run_dir(runs)
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # as the job runs it
-    deadline = time.monotonic() + 300
-    while (rr.read_json(run_dir / rr.STATUS) or {}).get("phase") != "main":
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(1)
-    first.kill()  # a node failure mid-run
-    first.wait()
-    assert subprocess.run(command, capture_output=True, text=True).returncode == 0  # the requeued job
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0  # as the job runs it
     assert not (runs / rr.MLFLOW_DB).exists() and not (run_dir / rr.MLFLOW_DB).exists()  # offline: no store
     status = rr.read_json(run_dir / rr.STATUS)
     assert status["tracking"]["mode"] == "offline" and status["mlflow_run_id"] is None

@@ -186,3 +186,38 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_pat
     live.write_text("in progress")
     assert rr.remove_stale_temps(tmp_path) == [stale]
     assert live.exists() and not stale.exists()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only), to fill up for real."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_an_append_cut_short_by_a_full_disk_does_not_garble_the_next_points(tiny_tmpfs):
+    log = MetricLog(tiny_tmpfs / rr.METRICS)
+    log.append({"obs/loss": 1.0}, step=1)
+    filler = tiny_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 512)
+        except OSError:
+            pass
+    with pytest.raises(OSError):
+        log.append({f"key/{i}": float(i) for i in range(200)}, step=2)  # part of it reaches the disk
+    filler.unlink()
+    log.append({"obs/loss": 0.5}, step=3)
+    log.close()
+    points, offset, skipped = read_points(tiny_tmpfs / rr.METRICS)
+    assert ("obs/loss", 1) == points[0].ident and ("obs/loss", 3) == points[-1].ident
+    assert skipped == 1 and offset == (tiny_tmpfs / rr.METRICS).stat().st_size

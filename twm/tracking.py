@@ -198,7 +198,7 @@ class Mirror:
         self.run_id: str | None = record["run_ids"].get(self.uri)
         self.sent = 0  # points this mirror sent
         self.present = 0  # points MLflow already had
-        self.skipped_lines = 0
+        self.skipped_lines = 0  # unreadable lines of the local log (not sent; reported)
         self.unchanged = False  # the last step found the run already in sync
         self._client = None
         self.reset()
@@ -459,6 +459,8 @@ class Tracker:
                               "(or by `twm-suite sync`)")
         else:
             out["state"] = "ok"
+        if sender.mirror.skipped_lines:
+            out["unreadable_lines"] = sender.mirror.skipped_lines
         if self._closed is not None:
             out["complete"] = self._closed
         return out
