@@ -56,9 +56,10 @@ class Table:
         return text + "".join(f"\n{n}\n" for n in self.notes)
 
     def to_latex(self, stem: str = "") -> str:
-        """A page-wide booktabs table (`table*`) that pdflatex compiles; needs \\usepackage{booktabs}.
+        """A page-wide booktabs table (`table*`) that pdflatex compiles; needs \\usepackage{booktabs,graphicx}.
 
-        The caption has no "Table N:" (LaTeX numbers the table); the best cells are \\textbf."""
+        Shrunk to the text width only when wider; the caption has no "Table N:" (LaTeX numbers the table);
+        the best cells are \\textbf."""
         cells = self.frame.map(latex_escape)
         if self.bold is not None:
             cells = cells.where(~self.bold, cells.map(lambda v: rf"\textbf{{{v}}}"))
@@ -67,10 +68,11 @@ class Table:
         body = [" & ".join([latex_escape(i)] + list(row)) + r" \\" for i, row in rows]
         notes = [latex_escape(n) for n in self.notes]
         return "\n".join(
-            ["% needs \\usepackage{booktabs}", r"\begin{table*}[t]", r"\centering", r"\small",
+            ["% needs \\usepackage{booktabs,graphicx}", r"\begin{table*}[t]", r"\centering", r"\small",
              rf"\caption{{{latex_escape(self.caption)}}}", *([rf"\label{{tab:{stem}}}"] if stem else []),
-             r"\setlength{\tabcolsep}{4pt}", r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule",
-             " & ".join(head) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
+             r"\setlength{\tabcolsep}{4pt}", r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+             r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}}",
              *([r"\par\smallskip\footnotesize " + " ".join(notes)] if notes else []), r"\end{table*}", ""]
         )
 
