@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from analysis import ATARI_100K_GAMES, AnalysisError, figures, paper, stats, tables
+from analysis import ATARI_100K_GAMES, AnalysisError, figures, stats, tables
 from analysis.scores import Experiment, complete_seeds, curve_tensor, final_scores, hns_matrix
 
 BASE_VARIANT = "base"
@@ -186,12 +186,14 @@ def write_report(
             curves[m.name] = (c[0], *stats.iqm_curve(c[1], reps=reps, seed=stream(f"{m.name} curve")))
     poi, pairs = {}, []  # ablation variants vs base; our reference vs each run-level baseline
     reference = ours.get(base)
+    if reference is not None and reference.hns.shape[0] < 2:
+        reference = None  # one run per game: no probability of improvement
     for v, m in ours.items():
-        if v != base and reference is not None:
+        if v != base and reference is not None and m.hns.shape[0] > 1:
             poi[m.name] = stats.probability_of_improvement(m.hns, reference.hns, reps=reps,
                                                            seed=stream(f"P({m.name} > {reference.name})"))
             pairs.append((m.name, reference.name, poi[m.name]))
-    if reference is not None and reference.hns.shape[0] > 1:
+    if reference is not None:
         for m in methods[len(ours):]:
             if m.hns.shape[0] > 1:
                 iv = stats.probability_of_improvement(reference.hns, m.hns, reps=reps,
@@ -301,8 +303,3 @@ def write_report(
     written["report.html"].write_text(page)
     return written
 
-
-def paper_reference_curve() -> tuple[np.ndarray, np.ndarray]:
-    """The paper's TWM normalised mean at 5K ... 100K interactions (Table 2)."""
-    row = paper.table2_normalized_mean()
-    return np.array(list(paper.TABLE2_STEPS.values())), np.array([row[c] for c in paper.TABLE2_STEPS])

@@ -40,6 +40,7 @@ def runs_dir(tmp_path_factory) -> Path:
     log_grid(uri, GRID, {"base": 1.0, "uniform": 0.6}, games=GRID_GAMES, seeds=range(3),
              skip=[("base", "Breakout", 2)], partial=[("uniform", "Pong", 1)])
     log_grid(uri, "smoke", {"base": 0.2}, games=["Pong", "Breakout"], seeds=range(2))
+    log_grid(uri, "ablation-vanilla-transformer", {"base": 1.0, "vanilla": 1.0}, games=["Pong"], seeds=[0])
     return runs
 
 
@@ -92,6 +93,16 @@ def test_report_compares_with_the_default_ledger_set(runs_dir, tmp_path):
     md = (out / "report.md").read_text()
     assert f"score ledger entries {', '.join(baselines.DEFAULT_REPORT_BASELINES)}" in md
     assert "on 2 games (Breakout, Pong)" in md
+
+
+def test_report_of_a_one_seed_grid_has_no_intervals_and_its_papers_label(runs_dir, tmp_path):
+    out = tmp_path / "vanilla"
+    assert main(["report", "ablation-vanilla-transformer", "--runs-dir", str(runs_dir), "--out", str(out),
+                 "--baselines", "TWM", "--reps", "200", "--profile-reps", "50"]) == 0
+    md = (out / "report.md").read_text()
+    assert "Ours (base), Ours (vanilla): per-game means only (1 run per game)" in md
+    assert "Runtime comparison, Appendix A.1 (Transformer-XL memory vs vanilla transformer): base vs vanilla" in md
+    assert not (out / "figures" / "probability_of_improvement.png").exists()
 
 
 def test_report_on_unknown_or_empty_grid_names_it(runs_dir, tmp_path, capsys):
