@@ -29,6 +29,7 @@ from twm.observation_model import (
 from twm.replay import SeqBatch
 
 _ENCODE_CHUNK = 1024
+Heads = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # next-latent logits, reward mean, discount logit
 
 
 @dataclass
@@ -182,7 +183,8 @@ class Agent(nn.Module):
         return torch.cat(chunks).to(self.dtype)
 
     # ---------------------------------------------------------------------- observation model
-    def _reconstruct(self, o: torch.Tensor, index: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], ...]:
+    def _reconstruct(self, o: torch.Tensor, index: torch.Tensor | None = None
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode frames o (..., 4, 64, 64), draw one straight-through latent (or use the class indices
         `index` (..., C)), decode it; returns metrics, decoder NLL + entropy hinge, logits, the latent and
         the decoded means."""
@@ -207,7 +209,8 @@ class Agent(nn.Module):
         return metrics
 
     # ------------------------------------------------------------------------- dynamics model
-    def _dynamics_pass(self, z: torch.Tensor, batch: SeqBatch, targets: torch.Tensor):
+    def _dynamics_pass(self, z: torch.Tensor, batch: SeqBatch,
+                       targets: torch.Tensor) -> tuple[torch.Tensor, Heads, dict[str, torch.Tensor]]:
         """Dynamics forward on z_0..z_L (N, L+1, C*K), train mode, and the dynamics loss (spec §5 steps 3-4)
         against the latent targets (N, L, C, K). Returns h_0..h_L, the three heads' outputs for them
         (N, L+1, ...) and the loss dict."""

@@ -44,7 +44,7 @@ class StartStates:
         return StartStates(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def repeat(self, times: int) -> StartStates:
-        """Every start `times` times over (rows 0, 1, ... of a single start: independent samples)."""
+        """Each start `times` times in a row (independent imagined samples from the same start)."""
         return StartStates(**{f.name: getattr(self, f.name).repeat_interleave(times, 0) for f in fields(self)})
 
 

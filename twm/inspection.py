@@ -169,10 +169,11 @@ def imagine(run: LoadedRun, start: int, horizon: int, samples: int = 1, actions:
     restarts = RestartPool(agent.encode_logits(buffer.sample_obs(64)))  # (R, C, K) pool, as in training
     world = Imagination(dyn, cfg, restarts, memory="vanilla" if attention else "kv_cache",
                         terminal_discount=TERMINAL_DISCOUNT, need_weights=attention)
-    if actions is None:
-        policy = lambda x: sample_action(agent.actor(x))  # noqa: E731
-    else:
-        policy = FixedActions(torch.as_tensor(np.asarray(actions[:horizon]), device=device))
+
+    def sampled(x: torch.Tensor) -> torch.Tensor:
+        return sample_action(agent.actor(x))
+
+    policy = sampled if actions is None else FixedActions(torch.as_tensor(np.asarray(actions[:horizon]), device=device))
     with eval_mode(dyn, agent.actor, obs_model):
         trajectory = imagination.imagine(world, policy, starts, horizon, cfg.ac.input_h)
         stacks = obs_model.decode(trajectory.z).clamp(0, 1)  # (M, H+1, 4, 64, 64)
@@ -185,6 +186,7 @@ def imagine(run: LoadedRun, start: int, horizon: int, samples: int = 1, actions:
         steps = [StepAttention(attention=torch.stack([p.mean(1) for p in probs], 1).float().cpu().numpy(),
                                mask=mask.cpu().numpy(), rewards=rewards[:, :t + 1], actions=acts[:, :t + 2])
                  for t, (probs, mask) in enumerate(world.attention)]
+
     def np_(x: torch.Tensor) -> np.ndarray:
         return x.cpu().numpy().astype(np.float32) if x.is_floating_point() else x.cpu().numpy()
 
