@@ -1,5 +1,5 @@
 """Draw the world-model figures of the paper (Fig. 2, 5, 6, 9-14) from plain numpy arrays; nothing is
-computed from a model here (that is `twm.inspect`). Figures are saved as PNG and SVG, the side-by-side
+computed from a model here (that is `twm.inspection`). Figures are saved as PNG and SVG, the side-by-side
 rollout as a GIF (matplotlib's PillowWriter; MP4 would need ffmpeg)."""
 
 from __future__ import annotations
