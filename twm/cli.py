@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     signals.check()
 
-    # 3. the run directory: only now is anything written
+    # 3. the run's own files: only now is anything written (restoring may have set a corrupt checkpoint aside)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
