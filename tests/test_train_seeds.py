@@ -20,6 +20,7 @@ from twm.agent import Agent
 from twm.checkpoint import list_checkpoints, load_checkpoint, set_rng_state
 from twm.config import Config, EnvConfig
 from twm.envs import evaluate, make_env, num_actions
+from twm.replay import ReplayBuffer
 
 GAME, SEED = "Catch", 3
 
@@ -67,8 +68,12 @@ def chain(first: int, advance):
 
 
 def test_training_resets_follow_the_seed_chain(run_dir):
-    ckpt = load_checkpoint(list_checkpoints(run_dir)[-1])
+    path = list_checkpoints(run_dir)[-1]
+    ckpt = load_checkpoint(path)
     config, buffer = Config.from_json(ckpt["config"]), ckpt["buffer"]
+    frames = ReplayBuffer(int(buffer["size"]), tuple(buffer["obs_shape"]))
+    frames.load_state_dict(buffer, path.parent)  # the replay frames live in files beside the checkpoint
+    buffer = buffer | {"obs": frames.obs}
     assert int(buffer["terminated"][: int(buffer["size"])].sum()) >= 30  # several games, so several resets
     same, last = replay_training_env(config.env, buffer, chain(rr.train_reset_seed(SEED), rr.next_reset_seed))
     assert same

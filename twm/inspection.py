@@ -73,8 +73,8 @@ def load_run(path: Path, device: str = "cpu") -> LoadedRun:
         agent = Agent(config, num_actions, device)
         agent.load_state_dict(state["agent"])
         buffer_state = state["buffer"]
-        buffer = ReplayBuffer(int(buffer_state["size"]), tuple(buffer_state["obs"].shape[1:]), device)
-        buffer.load_state_dict(buffer_state)
+        buffer = ReplayBuffer(int(buffer_state["size"]), tuple(buffer_state["obs_shape"]), device)
+        buffer.load_state_dict(buffer_state, file.parent)
     except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {file} does not hold a usable agent and buffer "
                               f"({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None

@@ -9,7 +9,8 @@ Layout of a run directory (the trainer writes the first group, the suite the sec
   config.json        identity (game, seed, preset, config hash) and the full config, written before any work
   status.json        state, phase, env step, last evaluation, pid/host, MLflow run id (rewritten atomically)
   metrics.jsonl      every metric point, appended first here (MLflow is fed from it)
-  checkpoints/       ckpt-<n>.pt, atomic, the newest `runtime.keep_checkpoints`
+  checkpoints/       ckpt-<n>.pt, atomic and checksummed, the newest `runtime.keep_checkpoints`, and the
+                     replay frames they share, append-only (frames-<start>-<stop>.u8, each written once)
   final_scores.json  the final evaluation's episodes and summary
   mlflow_run.json    the MLflow run id and tracking URI of this run (reopened on resume)
   DONE               written last: the run is finished
@@ -103,6 +104,9 @@ PERF_TRAIN_STEPS_PER_S = "perf/train_steps_per_s"
 
 
 # ----------------------------------------------------------------------------- seed rules
+MAX_SEED = 2**32 - 1  # a run seed is in 0 .. MAX_SEED (NumPy's global seeding takes no more)
+
+
 def train_reset_seed(seed: int) -> int:
     """The training env's first reset seed (spec §1): (seed+1)*7979."""
     return (seed + 1) * 7979
@@ -131,6 +135,12 @@ def temp_path(path: Path) -> Path:
 
 def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and TEMP_MARK in path.name
+
+
+def temp_writer_pid(path: Path) -> int | None:
+    """The pid in a temp file's name (None if it has none)."""
+    tail = path.name.rpartition(TEMP_MARK)[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
