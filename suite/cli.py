@@ -25,6 +25,7 @@ from twm.tracking import TrackingError
 DELEGATED_VERBS = {
     "report": ("analysis.cli", "the paper's tables and figures for a grid (analysis.cli)"),
     "compare": ("analysis.cli", "compare grids/variants with baselines (analysis.cli)"),
+    "baselines": ("analysis.cli", "the published per-run scores shipped in the package (analysis.cli)"),
     "figures": ("suite.figures", "world-model figures from a checkpoint or run directory (suite.figures)"),
     "sync": ("suite.sync", "bring MLflow up to date from the grid's run directories (suite.sync)"),
 }

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from twm.checkpoint import CorruptCheckpointError
 from twm.replay import ReplayBuffer
 
 
@@ -83,11 +84,53 @@ def test_uniform_epoch_covers_non_overlapping_starts_without_counting_visits():
     assert buf.visits.sum() == 0
 
 
-def test_state_dict_round_trip_and_full_buffer_error():
+def test_state_dict_round_trip_and_full_buffer_error(tmp_path):
     buf = filled_buffer(10, capacity=10)
     buf.sample_starts(3, 4, 20.0)
+    buf.save_frames(tmp_path)
     other = ReplayBuffer(10, (4, 8, 8))
-    other.load_state_dict(buf.state_dict())
+    other.load_state_dict(buf.state_dict(), tmp_path)
     assert other.size == 10 and torch.equal(other.obs, buf.obs) and torch.equal(other.visits, buf.visits)
     with pytest.raises(RuntimeError, match="full"):
         buf.append(0, 0.0, False, False, np.zeros((4, 8, 8)))
+
+
+def test_frames_are_appended_once_and_never_rewritten(tmp_path):
+    buf = filled_buffer(6, capacity=20)
+    buf.save_frames(tmp_path)
+    first = tmp_path / "frames-000000000-000000007.u8"
+    before = (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes())
+    buf.save_frames(tmp_path)  # nothing new: nothing written
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
+    for i in range(6, 15):
+        buf.append(1, 0.5, False, i == 12, np.full((4, 8, 8), 100 + i))
+    buf.save_frames(tmp_path)
+    second = tmp_path / "frames-000000007-000000016.u8"
+    assert second.stat().st_size == 9 * buf.frame_nbytes  # only the 9 new frame stacks
+    assert (first.stat().st_ino, first.stat().st_mtime_ns, first.read_bytes()) == before
+    restored = ReplayBuffer(20, (4, 8, 8))
+    restored.load_state_dict(buf.state_dict(), tmp_path)
+    assert torch.equal(restored.obs, buf.obs) and torch.equal(restored.truncated, buf.truncated)
+    assert restored.size == 15 and restored.frames == buf.frames
+
+
+def test_altered_missing_or_short_frame_files_are_detected_and_unlisted_ones_removed(tmp_path):
+    buf = filled_buffer(8, capacity=20)
+    buf.save_frames(tmp_path)
+    state = buf.state_dict()
+    path = tmp_path / state["frames"][0]["file"]
+    good = path.read_bytes()
+    path.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    with pytest.raises(CorruptCheckpointError, match="checksum mismatch"):
+        ReplayBuffer(20, (4, 8, 8)).load_state_dict(state, tmp_path)
+    path.write_bytes(good[:-1])
+    with pytest.raises(CorruptCheckpointError, match="has .* bytes"):
+        ReplayBuffer(20, (4, 8, 8)).load_state_dict(state, tmp_path)
+    path.unlink()
+    with pytest.raises(CorruptCheckpointError, match="missing"):
+        ReplayBuffer(20, (4, 8, 8)).load_state_dict(state, tmp_path)
+    stray = tmp_path / "frames-000000009-000000012.u8"
+    stray.write_bytes(b"x")
+    path.write_bytes(good)
+    buf.remove_unlisted_frames(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]

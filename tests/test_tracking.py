@@ -177,17 +177,6 @@ def test_sync_leaves_a_run_to_the_sender_that_holds_its_lock(tmp_path):
     assert report.runs == 1 and not report.live and not report.failed
 
 
-@pytest.mark.parametrize("name", [f".{rr.STATUS}{rr.TEMP_MARK}999999999", ".ckpt-000000001.pt.tmp-999999998"])
-def test_stale_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path, name):
-    import os
-
-    stale, live = tmp_path / name, tmp_path / f".x{rr.TEMP_MARK}{os.getpid()}"
-    stale.write_text("half")
-    live.write_text("in progress")
-    assert rr.remove_stale_temps(tmp_path) == [stale]
-    assert live.exists() and not stale.exists()
-
-
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 64 KiB tmpfs (root only), to fill up for real."""

@@ -1,6 +1,6 @@
 """End to end on a real ALE game with the smoke preset: a whole run, the analysis reading it, resume after
-SIGKILLs at every phase and SIGTERM, a tracking server frozen and killed mid-run, bad input, corrupt
-checkpoints and non-finite losses."""
+SIGKILLs in every phase and after SIGTERM, a tracking server frozen and killed mid-run, and non-finite losses
+(bad input, identity, corrupt checkpoints and full disks: tests/test_run_integrity.py)."""
 
 from __future__ import annotations
 
@@ -318,50 +318,10 @@ def test_sigterm_checkpoints_exits_3_and_resume_reaches_the_uninterrupted_result
     assert resumed["train_steps"] == reference["train_steps"]
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path):
-    cases = [
-        (["--game", "Pacman"], "unknown game 'Pacman'"),
-        (["--game", GAME, "--set", "buffer.tau=3"], "unknown config key 'buffer.tau'"),
-        (["--game", GAME, "--set", "buffer.capacity=lots"], "buffer.capacity expects int"),
-        (["--game", GAME, "--preset", "giant"], "unknown preset 'giant'"),
-        (["--game", GAME, "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
-    ]
-    for args, message in cases:
-        result = twm_train("run", "--out", str(tmp_path / "bad"), "--preset", "smoke", *args, timeout=120)
-        assert result.returncode == 2, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
-    assert not list((tmp_path / "bad").glob("checkpoints/*"))
-
-
-@pytest.mark.slow
-def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_is_kept(tmp_path):
-    out = tmp_path / "corrupt"
-    proc = start_run(out)
-    deadline = time.monotonic() + 300
-    while len(list((out / "checkpoints").glob("ckpt-*.pt"))) < 2:
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.5)
-    proc.kill()
-    proc.wait()
-    checkpoints = sorted((out / "checkpoints").glob("ckpt-*.pt"))
-    newest, previous = checkpoints[-1], checkpoints[-2]
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated write
-    result = twm_train(*run_args(out))
-    assert result.returncode == 2
-    line = result.stderr.strip().splitlines()
-    assert len(line) == 1 and newest.name in line[0] and "corrupt" in line[0] and previous.name in line[0]
-    assert previous.exists()
-    newest.unlink()  # as the message says: resume from the older one
-    evaluation = twm_train("evaluate", "--checkpoint", str(out), "--episodes", "2", "--envs", "2")
-    assert evaluation.returncode == 0, evaluation.stderr
-    assert json.loads(evaluation.stdout)["episodes"] == 2
-
-
 def test_non_finite_loss_stops_with_the_loss_name_and_update_number(tmp_path):
     out = tmp_path / "nan"
-    # a learning rate of inf makes the first observation-model step produce NaN weights
-    result = twm_train(*run_args(out, "--set", "obs.lr=inf"), timeout=300)
+    # a learning rate of 1e30 makes the first observation-model steps produce NaN weights
+    result = twm_train(*run_args(out, "--set", "obs.lr=1e30"), timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert "non-finite" in message and "at update" in message and "obs/" in message

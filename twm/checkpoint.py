@@ -1,35 +1,64 @@
-"""Atomic, safe-to-load checkpoints of everything a run needs to continue exactly.
+"""Atomic, checksummed, safe-to-load checkpoints of everything a run needs to continue exactly.
 
-A checkpoint is one `torch.save` file written to a temporary name, fsynced and renamed, so a crash
-mid-write never leaves a half file under a checkpoint's name. Loading uses `weights_only=True`:
-only tensors and plain containers are ever unpickled. RNG states and the emulator state are
-converted to tensors and strings for that reason.
+A checkpoint is one `torch.save` file (models, optimizers, RNG and emulator states, the run's scalars and the
+replay buffer's small arrays) written to a temporary name, fsynced and renamed, so a crash mid-write never
+leaves a half file under a checkpoint's name. The replay frames (1.6 GB at 100K interactions) are not in it:
+the buffer appends each frame once to frame files beside it (twm/replay.py) that later checkpoints share.
+Every tensor and value of the payload has a SHA-256 checksum, verified at load, so a corrupt checkpoint is
+found and the previous good one used, never silently trained on. Loading uses `weights_only=True`: only
+tensors and plain containers are ever unpickled (RNG and emulator states are converted to tensors and
+strings). A write that fails (full disk, quota, I/O error) leaves no temp file and says what it was writing
+and how much space that needs.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import random
 import re
+import shutil
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from twm.run_record import CHECKPOINTS, fsync_dir, temp_path
+from twm.config import Config, ConfigError
+from twm.run_record import CHECKPOINTS, TEMP_MARK, fsync_dir, is_temp, temp_path, temp_writer_pid
 
+FORMAT = 2  # 1: the whole replay buffer inside, no checksums
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+CORRUPT_SUFFIX = ".corrupt"  # a corrupt checkpoint set aside by the trainer: ckpt-<n>.pt.corrupt
+_NUMBERED = re.compile(r"^ckpt-(\d{9})\.pt(\.corrupt)?$")
+RESERVE_BYTES = 1 << 20  # left free by a checkpoint, for status.json, FAILED and the tracking store
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded (one-line message naming the file)."""
+    """A checkpoint that cannot be used (one-line message naming the file)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose content does not match its checksums, or that does not load at all."""
+
+
+class IdentityError(CheckpointError):
+    """A good checkpoint of another game, seed or configuration than the run that would use it."""
+
+
+class StorageError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, I/O error): one line naming what was being
+    written, where, and for a full disk how much space it needs."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINTS
+    return Path(run_dir) / CHECKPOINTS
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -40,39 +69,259 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `state` atomically as the next checkpoint and delete all but the newest `keep`."""
+def next_checkpoint_path(run_dir: Path) -> Path:
+    """The name of the next checkpoint: numbered after every checkpoint so far, set-aside ones included."""
+    folder = checkpoint_dir(run_dir)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    numbers = [int(m.group(1)) for name in names if (m := _NUMBERED.match(name))]
+    return folder / f"ckpt-{max(numbers, default=0) + 1:09d}.pt"
+
+
+# ---------------------------------------------------------------------------------- checksums
+def payload_checksums(payload: Any) -> dict[str, str]:
+    """SHA-256 of every leaf of a payload, keyed by its path (`agent/obs_model.encoder.0.weight`): tensors by
+    dtype, shape and bytes (hashed in place, one tensor at a time), other values by type and repr."""
+    out: dict[str, str] = {}
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, dict):
+            for key, value in obj.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                walk(value, f"{path}/{i}")
+        else:
+            out[path.lstrip("/")] = _digest(obj)
+
+    walk(payload, "")
+    return out
+
+
+def _digest(value: Any) -> str:
+    h = hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)} ".encode())
+        if t.numel():
+            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    else:
+        h.update(f"{type(value).__name__} {value!r}".encode())
+    return h.hexdigest()
+
+
+def payload_nbytes(payload: Any) -> int:
+    """Bytes `torch.save` writes for a payload's tensors (each storage once), plus room for the rest."""
+    storages = {}
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, dict):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for value in obj:
+                walk(value)
+        elif isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+
+    walk(payload)
+    return sum(storages.values()) + (64 << 10)
+
+
+# ------------------------------------------------------------------------------ storage faults
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def free_bytes(folder: Path) -> int:
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def storage_error(what: str, folder: Path, needed: int | None, err: OSError | None = None) -> StorageError:
+    """The one-line error of a write that failed (`err`) or would not fit (`err` None: the reserve counts)."""
+    if err is None or err.errno in (errno.ENOSPC, errno.EDQUOT):
+        reserve = f" plus {_mb(RESERVE_BYTES)} kept free for the run's status files" if err is None else ""
+        needs = f"it needs {_mb(needed)}{reserve}, " if needed is not None else ""
+        return StorageError(f"no space left on the device of {folder} for {what}: {needs}"
+                            f"{_mb(free_bytes(folder))} are free; free some space and rerun the same command "
+                            "to resume from the last good checkpoint")
+    return StorageError(f"cannot write {what} in {folder}: {err.strerror or err}")
+
+
+def as_storage_error(err: BaseException) -> StorageError | None:
+    """A storage fault as a StorageError: itself, or the OSError of a full disk, a quota or an I/O error
+    that some other write met (status.json, ...); None for anything else."""
+    if isinstance(err, StorageError):
+        return err
+    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+        path = Path(err.filename) if err.filename else Path.cwd() / "?"
+        name = path.name[1:].partition(TEMP_MARK)[0] if is_temp(path) else path.name  # the file it stands for
+        return storage_error(name, path.parent, None, err)
+    return None
+
+
+def ensure_space(folder: Path, needed: int, what: str) -> None:
+    """StorageError before writing anything when `needed` bytes (and a small reserve) do not fit."""
+    if free_bytes(folder) < needed + RESERVE_BYTES:
+        raise storage_error(what, folder, needed)
+
+
+class _Recording(io.RawIOBase):
+    """A file wrapper that keeps the OSError of a failed write: torch.save would turn it into
+    `unexpected pos ...`."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+
+def write_file_atomic(path: Path, write: Callable[[BinaryIO], Any], needed: int, what: str) -> None:
+    """Write a file through a temp name, fsync and rename it; on any failure the temp file is removed, and a
+    storage fault becomes a StorageError naming `what` and the `needed` bytes."""
+    ensure_space(path.parent, needed, what)
+    tmp = temp_path(path)
+    recorder: _Recording | None = None
+    try:
+        with open(tmp, "wb") as f:
+            recorder = _Recording(f)
+            write(recorder)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        cause = err if isinstance(err, OSError) else recorder.error if recorder else None
+        if cause is not None:
+            raise storage_error(what, path.parent, needed, cause) from None
+        raise
+
+
+# ------------------------------------------------------------------------------- save and load
+def save_checkpoint(run_dir: Path, payload: dict[str, Any], keep: int = 2) -> Path:
+    """Write `payload` with its checksums atomically as the next checkpoint; then delete all but the
+    newest `keep`. StorageError (and no new file) when it does not fit or the write fails."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    existing = list_checkpoints(run_dir)
-    number = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
-    path = folder / f"ckpt-{number:09d}.pt"
-    tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(folder)
+    path = next_checkpoint_path(run_dir)
+    record = {"format": FORMAT, "checksums": payload_checksums(payload), "payload": payload}
+    write_file_atomic(path, lambda f: torch.save(record, f), payload_nbytes(payload), f"checkpoint {path.name}")
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one checkpoint file without unpickling arbitrary objects."""
+    """Load one checkpoint file without unpickling arbitrary objects and verify every checksum of its
+    payload; CorruptCheckpointError names the file and the first damaged entry."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, bad magic, disallowed global, ...
-        older = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
-        hint = f"; the previous good checkpoint {older[-1]} is kept" if older else ""
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:120]}){hint}; delete the bad file to resume from an older one"
-        ) from None
-    if not isinstance(state, dict) or "format" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a twm checkpoint")
-    return state
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: "
+                                     f"{str(err).splitlines()[0][:120]})") from None
+    if not isinstance(record, dict) or "format" not in record:
+        raise CorruptCheckpointError(f"checkpoint {path} is not a twm checkpoint")
+    if record["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {record['format']}; this version reads format "
+                              f"{FORMAT} (checksummed, replay frames beside it)")
+    try:
+        expected, actual = dict(record["checksums"]), payload_checksums(record["payload"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__}: {err})") from None
+    bad = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupt: checksum mismatch in {bad[0]}{more}")
+    return record["payload"]
+
+
+def load_newest(run_dir: Path, accept: Callable[[Path, dict], None] | None = None,
+                map_location: str | torch.device = "cpu"
+                ) -> tuple[Path, dict[str, Any], list[tuple[Path, CheckpointError]]] | None:
+    """The newest checkpoint that loads, verifies and that `accept` takes (it may raise
+    CorruptCheckpointError too), with the corrupt newer ones skipped on the way; None when the run has no
+    checkpoint, CheckpointError when none is good. IdentityError from `accept` is not skipped."""
+    checkpoints = list_checkpoints(run_dir)
+    skipped: list[tuple[Path, CheckpointError]] = []
+    for path in reversed(checkpoints):
+        try:
+            payload = load_checkpoint(path, map_location)
+            if accept is not None:
+                accept(path, payload)
+        except CorruptCheckpointError as err:
+            skipped.append((path, err))
+            continue
+        return path, payload, skipped
+    if not checkpoints:
+        return None
+    reasons = "; ".join(str(err) for _, err in skipped)
+    raise CheckpointError(f"no good checkpoint in {checkpoint_dir(run_dir)} ({reasons}); move the folder away "
+                          "to start the run over")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint out of the way (kept for inspection, never loaded or pruned)."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    os.replace(path, target)
+    return target
+
+
+def check_identity(path: Path, payload: dict[str, Any], game: str | None = None, seed: int | None = None,
+                   config: Config | None = None) -> None:
+    """IdentityError unless the checkpoint is of this game, seed and configuration (None: not checked)."""
+    problems = []
+    if game is not None and payload["game"] != game:
+        problems.append(f"game {payload['game']}, not {game}")
+    if seed is not None and int(payload["seed"]) != seed:
+        problems.append(f"seed {payload['seed']}, not {seed}")
+    if config is not None:
+        try:
+            theirs = Config.from_json(payload["config"])
+        except ConfigError as err:
+            raise IdentityError(f"checkpoint {path} has a configuration this version rejects: {err}") from None
+        if theirs.hash() != config.hash():
+            diff = [f"{key} {mine} here, {other} there" for key, mine, other in config.differences(theirs)]
+            more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+            problems.append(f"config {theirs.hash()}, not {config.hash()}: {'; '.join(diff[:3])}{more}")
+    if problems:
+        raise IdentityError(f"checkpoint {path} is of another run ({', '.join(problems)}); refusing to use it")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files that killed writes left in the run directory and its checkpoints (a live
+    process's own temp files on this host are kept)."""
+    removed = []
+    for folder in (Path(run_dir), checkpoint_dir(run_dir)):
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if is_temp(path) and not _alive(temp_writer_pid(path)):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------------- RNG states

@@ -3,13 +3,20 @@
 Where the paper and the released code differ, the code's behaviour is the default and the paper's
 form is a switch (spec §15). Presets: `paper()` (the published runs) and `smoke()` (a tiny model and
 budget that runs a whole run on a 2-core CPU in minutes). Overrides use dotted keys
-(`"buffer.temperature": "inf"`) and reject unknown keys and wrong types. Torch-free on purpose.
+(`"buffer.temperature": "inf"`) and reject unknown keys, wrong types and values out of range, so a bad
+value fails at parse time, before any work. Torch-free on purpose.
+
+A run's identity is its config hash: every setting that changes what a run computes, `runtime.precision`
+and `runtime.eval_envs` included; only the execution settings (`EXECUTION_KEYS`: device, threads,
+checkpointing, compile, the metric-logging cadence and tracking) are left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -144,18 +151,101 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How a run executes; not part of the run's identity (excluded from the config hash)."""
+    """How a run executes. `precision` and `eval_envs` change results and are part of the identity;
+    the rest (`EXECUTION_KEYS`) only change speed and placement."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_envs: int = 0  # parallel evaluation envs; 0 = min(episodes, cpu count)
+    # Evaluation envs stepped in lock-step (spec §2.3). A fixed number, never the machine's CPU count: it
+    # decides which reset seeds are played (sub-env k gets s+k, s <- 3s + 13 + num_envs), hence the scores.
+    eval_envs: int = 10
     threads: int = 0  # torch CPU threads; 0 = torch default
     checkpoint_interval_s: float = 600.0  # also after every evaluation
-    keep_checkpoints: int = 2
-    metrics_every: int = 100  # updates per logged mean of the losses (a deterministic cadence, step = update)
-    tracking_interval_s: float = 5.0  # the background sender's pass interval (twm.tracking)
+    keep_checkpoints: int = 2  # >= 2 keeps a previous good checkpoint to fall back to
+    metrics_every: int = 100  # updates per logged mean of the losses (a cadence in updates, not seconds)
+    tracking_interval_s: float = 5.0  # the background tracking sender's pass interval (twm.tracking)
     tracking_close_s: float = 10.0  # at the end, how long the sender may still take to send the last points
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
+
+
+# Settings that change how fast and where a run executes, not what it computes: left out of the hash.
+EXECUTION_KEYS = frozenset({"runtime.device", "runtime.threads", "runtime.checkpoint_interval_s",
+                            "runtime.keep_checkpoints", "runtime.compile", "runtime.metrics_every",
+                            "runtime.tracking_interval_s", "runtime.tracking_close_s"})
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+# ------------------------------------------------------------------------------------ ranges
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number, or of every item of a tuple: NaN never, infinity only if `allow_inf`."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+    allow_inf: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return f"{self.low:g}"
+        if math.isinf(self.high):
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def check(self, key: str, value: Any) -> None:
+        """ConfigError naming the key when `value` (or an item of a tuple) is outside the range."""
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in self:
+                finite = "finite and " if not self.allow_inf and math.isinf(item) else ""
+                whose = f"every item of {key}" if isinstance(value, tuple) else key
+                raise ConfigError(f"{whose} must be {finite}{self}, got {_show(value)}")
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+UNIT = Range(0, 1)
+CLIP = Range(0, low_open=True, allow_inf=True)  # a gradient-norm clip; inf = no clipping
+
+# Every numeric setting's range (tuples: each item); tests/test_config.py checks that none is missing.
+RANGES: dict[str, Range] = {
+    "env.frame_skip": AT_LEAST_1, "env.screen_size": Range(64, 64), "env.frame_stack": AT_LEAST_1,
+    "env.noop_max": NON_NEGATIVE, "env.sticky_action_prob": UNIT, "env.time_limit": AT_LEAST_1,
+    "obs.channels": AT_LEAST_1, "obs.num_categoricals": AT_LEAST_1, "obs.num_classes": Range(2),
+    "obs.encoder_hidden": AT_LEAST_1, "obs.decoder_hidden": AT_LEAST_1, "obs.decoder_coef": NON_NEGATIVE,
+    "obs.entropy_coef": NON_NEGATIVE, "obs.entropy_threshold": NON_NEGATIVE,
+    "obs.consistency_coef": NON_NEGATIVE, "obs.lr": POSITIVE, "obs.eps": POSITIVE,
+    "obs.weight_decay": NON_NEGATIVE, "obs.grad_clip": CLIP,
+    "dyn.embed_dim": AT_LEAST_1, "dyn.num_layers": AT_LEAST_1, "dyn.num_heads": AT_LEAST_1,
+    "dyn.feedforward_dim": AT_LEAST_1, "dyn.dropout": Range(0, 1, high_open=True), "dyn.memory_length": AT_LEAST_1,
+    "dyn.latent_head_hidden": AT_LEAST_1, "dyn.reward_head_hidden": AT_LEAST_1,
+    "dyn.discount_head_hidden": AT_LEAST_1, "dyn.latent_coef": NON_NEGATIVE, "dyn.reward_coef": NON_NEGATIVE,
+    "dyn.discount_coef": NON_NEGATIVE, "dyn.discount_threshold": UNIT, "dyn.lr": POSITIVE, "dyn.eps": POSITIVE,
+    "dyn.weight_decay": NON_NEGATIVE, "dyn.grad_clip": CLIP,
+    "wm.batch_size": AT_LEAST_1, "wm.sequence_length": AT_LEAST_1, "wm.train_steps": AT_LEAST_1,
+    "ac.actor_hidden": AT_LEAST_1, "ac.critic_hidden": AT_LEAST_1, "ac.horizon": AT_LEAST_1,
+    "ac.batch_size": AT_LEAST_1, "ac.gamma": UNIT, "ac.gae_lambda": UNIT, "ac.entropy_coef": NON_NEGATIVE,
+    "ac.entropy_threshold": NON_NEGATIVE, "ac.actor_lr": POSITIVE, "ac.critic_lr": POSITIVE, "ac.eps": POSITIVE,
+    "ac.weight_decay": NON_NEGATIVE, "ac.grad_clip": CLIP,
+    "buffer.capacity": AT_LEAST_1, "buffer.prefill": AT_LEAST_1,
+    "buffer.temperature": Range(0, low_open=True, allow_inf=True),  # inf = exactly uniform
+    "schedule.budget": AT_LEAST_1, "schedule.pretrain_budget": NON_NEGATIVE,
+    "schedule.pretrain_obs_fraction": UNIT, "schedule.pretrain_dyn_fraction": UNIT,
+    "schedule.eval_every": AT_LEAST_1, "schedule.eval_episodes": AT_LEAST_1,
+    "schedule.final_eval_episodes": AT_LEAST_1,
+    "runtime.eval_envs": AT_LEAST_1, "runtime.threads": NON_NEGATIVE,
+    "runtime.checkpoint_interval_s": Range(0, low_open=True, allow_inf=True),  # inf = only at forced points
+    "runtime.keep_checkpoints": AT_LEAST_1, "runtime.metrics_every": AT_LEAST_1,
+    "runtime.tracking_interval_s": POSITIVE, "runtime.tracking_close_s": NON_NEGATIVE,
+}
 
 
 @dataclass(frozen=True)
@@ -201,7 +291,16 @@ class Config:
         return cfg
 
     def validate(self) -> None:
-        """Reject combinations the algorithm cannot run (one-line ConfigError)."""
+        """Reject values out of range and combinations the algorithm cannot run (one-line ConfigError)."""
+        for key, value in self.to_dict().items():
+            if key in RANGES:
+                RANGES[key].check(key, value)
+        runtime = self.runtime
+        check_device(runtime.device)
+        if runtime.compile and runtime.device == "cpu":
+            raise ConfigError("runtime.compile=True needs a CUDA device, got runtime.device='cpu'")
+        if self.dyn.input_discounts:
+            raise ConfigError("dyn.input_discounts=True is not supported (the released runs use False)")
         wm, ac, buf, dyn = self.wm, self.ac, self.buffer, self.dyn
         if dyn.memory_length > wm.sequence_length:
             raise ConfigError(
@@ -224,16 +323,27 @@ class Config:
             raise ConfigError(f"buffer.temperature must be > 0 (inf for uniform), got {buf.temperature}")
         if dyn.embed_dim % dyn.num_heads:
             raise ConfigError(f"dyn.embed_dim ({dyn.embed_dim}) must be divisible by dyn.num_heads")
-        if self.schedule.pretrain_budget >= self.schedule.budget:
+        if ac.horizon > buf.prefill - 1:
+            raise ConfigError(f"ac.horizon ({ac.horizon}) must be < buffer.prefill ({buf.prefill})")
+        schedule = self.schedule
+        if schedule.pretrain_budget >= schedule.budget:
             raise ConfigError("schedule.pretrain_budget must be < schedule.budget")
-        if self.runtime.metrics_every < 1:
-            raise ConfigError(f"runtime.metrics_every must be >= 1, got {self.runtime.metrics_every}")
+        if schedule.pretrain_obs_fraction + schedule.pretrain_dyn_fraction > 1:
+            raise ConfigError("schedule.pretrain_obs_fraction + schedule.pretrain_dyn_fraction must be <= 1")
+
+    def identity(self) -> dict[str, Any]:
+        """Every setting that changes what a run computes: all but the execution settings."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
 
     def hash(self) -> str:
-        """Stable 10-hex-digit identity of everything that changes results (runtime excluded)."""
-        ident = {k: v for k, v in self.to_dict().items() if not k.startswith("runtime.")}
-        text = json.dumps(ident, sort_keys=True, default=_json_default)
+        """Stable 10-hex-digit digest of `identity()`: names run directories, refuses foreign checkpoints."""
+        text = json.dumps(self.identity(), sort_keys=True, default=_json_default)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def differences(self, other: Config) -> list[tuple[str, str, str]]:
+        """The identity settings where `other` differs: (key, our value, its value), values as text."""
+        ours, theirs = self.identity(), other.identity()
+        return [(k, _show(ours[k]), _show(theirs[k])) for k in ours if ours[k] != theirs[k]]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_json_default)
@@ -241,6 +351,17 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Config:
         return cls.from_dict(json.loads(text))
+
+
+def check_device(name: str) -> str:
+    """A device name as `runtime.device` takes it (auto | cpu | cuda | cuda:N), else a ConfigError."""
+    if not DEVICE_PATTERN.match(name):
+        raise ConfigError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _json_default(value: Any) -> Any:
@@ -343,7 +464,7 @@ def smoke() -> Config:
         schedule=replace(base.schedule, budget=84_000, pretrain_budget=16_000, eval_every=500,
                          eval_episodes=2, final_eval_episodes=4),
         # one thread: tiny models gain nothing from more, and parallel runs must not oversubscribe
-        runtime=replace(base.runtime, threads=1),
+        runtime=replace(base.runtime, threads=1, eval_envs=2),
     )
 
 
@@ -365,11 +486,15 @@ __all__ = [
     "Config",
     "ConfigError",
     "DynamicsConfig",
+    "EXECUTION_KEYS",
     "EnvConfig",
     "ObservationConfig",
+    "RANGES",
+    "Range",
     "RuntimeConfig",
     "ScheduleConfig",
     "WorldModelConfig",
+    "check_device",
     "paper",
     "parse_overrides",
     "preset",

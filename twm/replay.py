@@ -4,15 +4,28 @@ The buffer holds every transition of the run (no eviction). Index i stores the f
 the action taken there, its tanh reward and its terminated/truncated flags; obs[size] is always the
 current, not-yet-acted-on observation. Visit counts v_i per possible sequence start drive the
 balanced sampler p = softmax(-v / tau); tau = inf is exactly uniform.
+
+A stored frame stack never changes, so checkpoints do not rewrite them: each checkpoint appends the frames
+since the previous one as one new frame file (`frames-<start>-<stop>.u8`, raw uint8, written once,
+atomically, with its SHA-256) and lists every file it needs; the small arrays and the visit counts go into
+the checkpoint itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from twm.checkpoint import CorruptCheckpointError, write_file_atomic
+
+_FRAMES = re.compile(r"^frames-\d{9}-\d{9}\.u8$")
+_READ_CHUNK = 4096  # frame stacks per read (64 MiB at 4x64x64)
 
 
 @dataclass
@@ -41,6 +54,8 @@ class ReplayBuffer:
         self.truncated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.visits = torch.zeros(capacity, dtype=torch.long)  # per sequence start, on the CPU
         self.size = 0
+        # The frame files holding obs[0 : stop of the last one]: {"file", "start", "stop", "sha256"}
+        self.frames: list[dict] = []
 
     # ------------------------------------------------------------------------------- writing
     def set_current_obs(self, obs) -> None:
@@ -114,26 +129,92 @@ class ReplayBuffer:
         return batch
 
     # ---------------------------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict[str, torch.Tensor | int]:
+    @property
+    def frame_nbytes(self) -> int:
+        return self.obs[0].numel()
+
+    def unsaved_frame_bytes(self) -> int:
+        """Bytes `save_frames` would write now: the frames since the last frame file."""
+        saved = self.frames[-1]["stop"] if self.frames else 0
+        return max(self.size + 1 - saved, 0) * self.frame_nbytes
+
+    def save_frames(self, folder: Path) -> None:
+        """Append obs[saved : size+1] as one new frame file; earlier files are never rewritten. On the GPU
+        only the new frames are copied to the host; on the CPU they are written (and hashed) in place."""
+        start = self.frames[-1]["stop"] if self.frames else 0
+        stop = self.size + 1
+        if stop <= start:
+            return
+        data = memoryview(self.obs[start:stop].cpu().numpy()).cast("B")
+        name = f"frames-{start:09d}-{stop:09d}.u8"
+        write_file_atomic(Path(folder) / name, lambda f: f.write(data), len(data),
+                          f"replay frames {start}..{stop - 1} ({name})")
+        self.frames.append({"file": name, "start": start, "stop": stop, "sha256": hashlib.sha256(data).hexdigest()})
+
+    def remove_unlisted_frames(self, folder: Path) -> None:
+        """Delete frame files that no kept checkpoint lists: every kept checkpoint's list is a prefix of the
+        newest one's, which is this buffer's."""
+        listed = {segment["file"] for segment in self.frames}
+        for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+            if _FRAMES.match(path.name) and path.name not in listed:
+                path.unlink(missing_ok=True)
+
+    def state_dict(self) -> dict:
+        """Everything but the frames: it lists the frame files, so `save_frames` comes first."""
         n = self.size
         return {
             "size": n,
-            "obs": self.obs[: n + 1].cpu(),
-            "actions": self.actions[:n].cpu(),
-            "rewards": self.rewards[:n].cpu(),
-            "terminated": self.terminated[:n].cpu(),
-            "truncated": self.truncated[:n].cpu(),
+            "obs_shape": list(self.obs.shape[1:]),
+            "frames": [dict(segment) for segment in self.frames],
+            "actions": self.actions[:n].to("cpu", copy=True),
+            "rewards": self.rewards[:n].to("cpu", copy=True),
+            "terminated": self.terminated[:n].to("cpu", copy=True),
+            "truncated": self.truncated[:n].to("cpu", copy=True),
             "visits": self.visits.clone(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, folder: Path) -> None:
+        """Restore a checkpoint's buffer, reading its frame files from `folder` and verifying each one's
+        checksum (CorruptCheckpointError for a missing, short or altered file)."""
         n = int(state["size"])
-        if n > self.capacity or state["obs"].shape[1:] != self.obs.shape[1:]:
+        if n > self.capacity or tuple(state["obs_shape"]) != tuple(self.obs.shape[1:]):
             raise ValueError(f"buffer checkpoint of size {n} does not fit capacity {self.capacity}")
+        frames = [dict(segment) for segment in state["frames"]]
+        bounds = [0] + [segment["stop"] for segment in frames]
+        if [segment["start"] for segment in frames] != bounds[:-1] or bounds[-1] != n + 1:
+            raise CorruptCheckpointError(f"the buffer's frame files in {folder} do not cover frames 0..{n}")
+        for segment in frames:
+            self._read_frames(Path(folder), segment)
         self.size = n
-        self.obs[: n + 1] = state["obs"].to(self.device)
         self.actions[:n] = state["actions"].to(self.device)
         self.rewards[:n] = state["rewards"].to(self.device)
         self.terminated[:n] = state["terminated"].to(self.device)
         self.truncated[:n] = state["truncated"].to(self.device)
         self.visits.copy_(state["visits"])
+        self.frames = frames
+
+    def _read_frames(self, folder: Path, segment: dict) -> None:
+        """Read one frame file into obs[start:stop] (on the CPU straight into the buffer) and check it."""
+        path, start, stop = folder / segment["file"], segment["start"], segment["stop"]
+        expected = (stop - start) * self.frame_nbytes
+        size = path.stat().st_size if path.exists() else None
+        if size != expected:
+            found = "is missing" if size is None else f"has {size} bytes, not {expected}"
+            raise CorruptCheckpointError(f"replay frame file {path} {found}")
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for a in range(start, stop, _READ_CHUNK):
+                b = min(a + _READ_CHUNK, stop)
+                host = self.obs[a:b] if self.device.type == "cpu" else torch.empty_like(self.obs[a:b], device="cpu")
+                view = memoryview(host.numpy()).cast("B")
+                done = 0
+                while done < len(view):
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise CorruptCheckpointError(f"replay frame file {path} ended early")
+                    done += got
+                digest.update(view)
+                if self.device.type != "cpu":
+                    self.obs[a:b].copy_(host)
+        if digest.hexdigest() != segment["sha256"]:
+            raise CorruptCheckpointError(f"replay frame file {path}: checksum mismatch")

@@ -9,7 +9,8 @@ Layout of a run directory (the trainer writes the first group, the suite the sec
   config.json        identity (game, seed, preset, config hash) and the full config, written before any work
   status.json        state, phase, env step, last evaluation, pid/host, MLflow run id (rewritten atomically)
   metrics.jsonl      every metric point, appended here first; MLflow is fed from it (twm.metric_log)
-  checkpoints/       ckpt-<n>.pt, atomic, the newest `runtime.keep_checkpoints`
+  checkpoints/       ckpt-<n>.pt, atomic and checksummed, the newest `runtime.keep_checkpoints`, and the
+                     replay frames they share, append-only (frames-<start>-<stop>.u8, each written once)
   final_scores.json  the final evaluation's episodes and summary
   mlflow_run.json    what MLflow gets besides metrics: store, experiment, run name, tags, params, the run's
                      uid (tag twm.run_uid, found again after any crash) and id, and what was last synced
@@ -117,6 +118,9 @@ PROGRESS_ENV_STEP = "progress/env_step"  # step = update number: maps the loss c
 
 
 # ----------------------------------------------------------------------------- seed rules
+MAX_SEED = 2**32 - 1  # a run seed is in 0 .. MAX_SEED (NumPy's global seeding takes no more)
+
+
 def train_reset_seed(seed: int) -> int:
     """The training env's first reset seed (spec §1): (seed+1)*7979."""
     return (seed + 1) * 7979
@@ -145,6 +149,12 @@ def temp_path(path: Path) -> Path:
 
 def is_temp(path: Path) -> bool:
     return path.name.startswith(".") and TEMP_MARK in path.name
+
+
+def temp_writer_pid(path: Path) -> int | None:
+    """The pid in a temp file's name (None if it has none)."""
+    tail = path.name.rpartition(TEMP_MARK)[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
@@ -179,28 +189,6 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of atomic writes in `folder` whose writer process is gone (killed mid-write);
-    returns them. A live writer's temp file (its pid is in the name) is kept."""
-    removed = []
-    for path in Path(folder).glob(f".*{TEMP_MARK}*"):
-        pid = path.name.rpartition(TEMP_MARK)[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def fsync_dir(folder: Path) -> None:

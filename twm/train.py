@@ -32,12 +32,20 @@ from tqdm import tqdm
 from twm import run_record as rr
 from twm.agent import Agent
 from twm.checkpoint import (
+    CorruptCheckpointError,
+    as_storage_error,
+    check_identity,
+    checkpoint_dir,
+    ensure_space,
     env_state,
-    list_checkpoints,
-    load_checkpoint,
+    load_newest,
+    next_checkpoint_path,
+    payload_nbytes,
+    remove_stale_temp_files,
     restore_env_state,
     rng_state,
     save_checkpoint,
+    set_aside,
     set_rng_state,
 )
 from twm.config import Config
@@ -46,8 +54,6 @@ from twm.metric_log import MetricLog
 from twm.replay import ReplayBuffer
 from twm.schedule import Interleave, compute_budget
 from twm.tracking import Tracker
-
-CHECKPOINT_FORMAT = 1
 
 
 class StopRequested(Exception):
@@ -93,7 +99,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
 
 
 class Trainer:
@@ -126,10 +135,11 @@ class Trainer:
         self._started = time.monotonic()
         self._last_checkpoint = time.monotonic()
         self._checkpointed: tuple | None = None  # (phase, env step, updates) of the newest checkpoint
+        self._restored = False  # restore() ran (cmd_run calls it before creating anything)
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
         self.metric_log: MetricLog | None = None
-        self._metric_log_size = 0  # the log's size at the restored checkpoint (cut back to it on resume)
+        self._metric_log_size = 0  # the metric log's size at the newest checkpoint (a resume cuts it back to it)
         self._rate_from = (time.monotonic(), 0, 0)  # (time, env step, train steps) of the last loss flush
         self._status_lock = threading.Lock()  # the tracking sender rewrites status.json from its thread
         self._status_state = rr.STATE_RUNNING
@@ -213,11 +223,9 @@ class Trainer:
         self.metric_log.append(metrics, step)
 
     # --------------------------------------------------------------------------- checkpoints
-    def checkpoint(self) -> None:
-        self.state.interleave_counter = self.interleave.counter
-        metric_log = {"size": self.metric_log.sync(), "sums": self._metric_sums, "count": self._metric_count}
-        state = {
-            "format": CHECKPOINT_FORMAT,
+    def payload(self) -> dict:
+        """Everything a checkpoint holds; it lists the buffer's frame files saved so far."""
+        return {
             "game": self.game,
             "seed": self.seed,
             "config": self.config.to_json(),
@@ -227,25 +235,67 @@ class Trainer:
             "buffer": self.buffer.state_dict(),
             "rng": rng_state(),
             "env": env_state(self.env),
-            "metric_log": json.dumps(metric_log),  # the log's durable size and the loss means in progress
+            # the metric log's durable size (a resume cuts it back to this) and the loss means in progress
+            "metric_log": json.dumps({"size": self._metric_log_size, "sums": self._metric_sums,
+                                      "count": self._metric_count}),
         }
-        path = save_checkpoint(self.run_dir, state, keep=self.config.runtime.keep_checkpoints)
+
+    def checkpoint(self) -> None:
+        """Append the replay frames since the last checkpoint, then write the checkpoint that lists them.
+        Both must fit before either is written; a failed write leaves neither (StorageError)."""
+        self.state.interleave_counter = self.interleave.counter
+        self._metric_log_size = self.metric_log.sync()
+        folder = checkpoint_dir(self.run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        listed = list(self.buffer.frames)
+        new_frames = self.buffer.unsaved_frame_bytes()
+        ensure_space(folder, new_frames + payload_nbytes(self.payload()),
+                     f"checkpoint {next_checkpoint_path(self.run_dir).name} with "
+                     f"{new_frames // self.buffer.frame_nbytes} new replay frames")
+        try:
+            self.buffer.save_frames(folder)
+            path = save_checkpoint(self.run_dir, self.payload(), keep=self.config.runtime.keep_checkpoints)
+        except BaseException:
+            self.buffer.frames = listed
+            raise
+        finally:
+            self.buffer.remove_unlisted_frames(folder)
         self._last_checkpoint = time.monotonic()
         self._checkpointed = self._position()
         self.write_status(rr.STATE_RUNNING)
         self.log(f"checkpoint {path.name} at env step {self.buffer.size} ({self.state.phase})")
 
     def restore(self) -> bool:
-        """Continue from the newest checkpoint if there is one; a corrupt one raises CheckpointError."""
-        checkpoints = list_checkpoints(self.run_dir)
-        if not checkpoints:
+        """Continue from the newest good checkpoint, once. A corrupt newer one (its payload or its replay
+        frames fail their checksums) is set aside with a warning naming both; a checkpoint of another game,
+        seed or configuration is refused (IdentityError); temp files of killed writes are removed."""
+        if self._restored:
+            return self.state.attempt > 1
+        self._restored = True
+        folder = checkpoint_dir(self.run_dir)
+
+        def accept(path: Path, ckpt: dict) -> None:
+            check_identity(path, ckpt, self.game, self.seed, self.config)
+            try:
+                self.buffer.load_state_dict(ckpt["buffer"], folder)
+            except CorruptCheckpointError as err:
+                raise CorruptCheckpointError(f"checkpoint {path} is corrupt: {err}") from None
+
+        found = load_newest(self.run_dir, accept)
+        removed = remove_stale_temp_files(self.run_dir)
+        if removed:
+            self.log(f"removed {len(removed)} temp file(s) of interrupted writes: {', '.join(p.name for p in removed)}")
+        if found is None:
+            self.buffer.remove_unlisted_frames(folder)  # frames of a first checkpoint that was never written
             return False
-        ckpt = load_checkpoint(checkpoints[-1])
-        if Config.from_json(ckpt["config"]).hash() != self.config.hash():
-            raise ValueError(f"{checkpoints[-1]} was written with a different configuration")
+        path, ckpt, skipped = found
+        for bad, err in skipped:
+            aside = set_aside(bad)
+            self.log(f"warning: {err}; resuming from the previous good checkpoint {path.name} "
+                     f"(the bad one is kept as {aside.name})")
+        self.buffer.remove_unlisted_frames(folder)
         self.agent.load_state_dict(ckpt["agent"])
         self.agent.load_optimizer_state_dict(ckpt["optimizers"])
-        self.buffer.load_state_dict(ckpt["buffer"])
         self.state = RunState(**json.loads(ckpt["state"]))
         self.state.attempt += 1
         self.interleave.counter = self.state.interleave_counter
@@ -255,7 +305,7 @@ class Trainer:
         self._metric_log_size = metric_log.get("size", 0)
         self._metric_sums, self._metric_count = metric_log.get("sums", {}), metric_log.get("count", 0)
         self._checkpointed = self._position()
-        self.log(f"resumed from checkpoint {checkpoints[-1].name} at env step {self.buffer.size} "
+        self.log(f"resumed from checkpoint {path.name} at env step {self.buffer.size} "
                  f"({self.state.phase}, attempt {self.state.attempt})")
         return True
 
@@ -282,10 +332,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ the run
     def run(self) -> RunSummary:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (self.run_dir, self.run_dir / rr.CHECKPOINTS):
-            rr.remove_stale_temps(folder)  # left by a process killed mid-write
-        self.metric_log = MetricLog(self.run_dir / rr.METRICS)
         self.restore()
+        self.metric_log = MetricLog(self.run_dir / rr.METRICS)
         self.metric_log.truncate(self._metric_log_size)  # points after the checkpoint are redone
         self.write_status(rr.STATE_RUNNING)
         if self.tracker:
@@ -299,8 +347,10 @@ class Trainer:
             self.write_status(rr.STATE_INTERRUPTED)
             raise
         except Exception as err:
-            (self.run_dir / rr.FAILED).write_text(f"{type(err).__name__}: {err}\n")
-            self.write_status(rr.STATE_FAILED)
+            failure = as_storage_error(err)  # a full disk met by any write, told as one line
+            self.record_failure(failure or err)
+            if failure is not None and failure is not err:
+                raise failure from None
             raise
         finally:
             self._bar.close()
@@ -314,7 +364,27 @@ class Trainer:
             if not self.tracker.close():
                 self.log(f"tracking: not everything reached {self.tracker.uri} in time; `twm-suite sync` "
                          "or the next start sends the rest from metrics.jsonl")
-            self.write_status()
+            try:
+                self.write_status()
+            except OSError as err:  # e.g. a full disk: the run's own outcome is already recorded
+                self.log(f"could not write {rr.STATUS}: {err.strerror}")
+
+    def record_failure(self, err: BaseException) -> None:
+        """Say why the run failed in FAILED, status.json and the MLflow run, each on its own: on a full disk
+        the reason must still reach FAILED (written in place when an atomic write finds no room)."""
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}\n"
+        failed = self.run_dir / rr.FAILED
+        try:
+            rr.write_text_atomic(failed, reason)
+        except OSError:
+            try:
+                failed.write_text(reason)
+            except OSError as write_err:
+                self.log(f"could not write {failed}: {write_err.strerror}")
+        try:
+            self.write_status(rr.STATE_FAILED)  # the tracking sender tells MLflow
+        except OSError as status_err:
+            self.log(f"could not write {rr.STATUS}: {status_err.strerror}")
 
     def _run_phases(self) -> RunSummary:
         if self.state.phase == "prefill":
@@ -446,7 +516,7 @@ class Trainer:
     def evaluation(self, episodes: int) -> np.ndarray:
         """Whole-game evaluation with parallel envs (spec §2.3); checkpointed just before."""
         self.safe_point(force=True)
-        num_envs = self.config.runtime.eval_envs or min(episodes, os.cpu_count() or 1)
+        num_envs = min(self.config.runtime.eval_envs, episodes)  # fixed by the config: it decides the seeds
         self._bar.set_postfix_str(f"evaluating {episodes} episodes")
         started = time.monotonic()
         self.in_evaluation = True
