@@ -97,7 +97,7 @@ def writer(index: int, uri: str, runs_dir: Path, flush_every_s: float, duration_
         sender = tracker.sender
         outcome = {"ok": True, "complete": complete, "close_s": time.monotonic() - closing,
                    "failed_passes": sender.failed_passes, "error_kinds": dict(sender.error_kinds),
-                   "warnings": len(warnings),
+                   "warnings": len(warnings), "warning_lines": warnings[:2],
                    "last_error": sender.last_error, "batches": batches}
     except Exception as err:  # a writer that fails is what this benchmark counts
         outcome = {"ok": False, "error": f"{type(err).__name__}: {err}"}
@@ -254,6 +254,7 @@ def main() -> None:
         "sender_error_kinds": dict(sum((Counter(o["error_kinds"]) for o in ok), Counter())),
         "sender_last_errors": sorted({o["last_error"] for o in ok if o["last_error"]})[:5],
         "warning_lines": sum(o["warnings"] for o in ok),
+        "warning_samples": sorted({line.split("] ")[-1][:300] for o in ok for line in o["warning_lines"]})[:5],
         "close_s_median": round(closes[len(closes) // 2], 2) if closes else None,
         "close_s_max": round(closes[-1], 2) if closes else None,
         **checked,
