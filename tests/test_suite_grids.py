@@ -117,7 +117,7 @@ def test_dry_run_splits_arrays_at_max_array_size_and_packs_runs_per_gpu(tmp_path
     profile.write_text('partition = "p"\nmax_array_size = 50\ntimeout_min = 60\nsignal_delay_s = 120\n')
     out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
                   "--runs-dir", str(tmp_path / "runs"))
-    assert "130 jobs (1 run(s) per job) in 3 array(s) (MaxArraySize 50)" in out.stdout, out.stderr
+    assert "130 jobs (1 run(s) per job) in 3 array(s) (MaxArraySize 50, profile small)" in out.stdout, out.stderr
     assert out.stdout.count("#SBATCH --array=0-49%") == 2 and "#SBATCH --array=0-29%" in out.stdout
     out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
                   "--runs-per-gpu", "4", "--runs-dir", str(tmp_path / "runs"))
@@ -140,6 +140,19 @@ def _one_line_error(out: subprocess.CompletedProcess, pattern: str) -> None:
     (["launch", "smoke", "--set", "nokey"], "bad override 'nokey'"),
     (["launch", "smoke", "--executor", "slurm", "--cluster", "nope"], "no cluster profile 'nope'"),
     (["status", "nope"], "unknown grid 'nope'"),
+    (["launch", "smoke", "--games", ""], "bad --games ''"),  # an empty list is not 'the whole grid'
+    (["launch", "smoke", "--games", " , "], "bad --games"),
+    (["launch", "smoke", "--seeds", ""], "bad --seeds ''"),
+    (["launch", "smoke", "--variants", ""], "bad --variants ''"),
+    (["status", "smoke", "--games", ""], "bad --games ''"),
+    (["launch", "smoke", "--cluster", "nosuchprofile"], "--cluster applies to --executor slurm only"),
+    (["launch", "smoke", "--executor", "debug", "--cluster", "localci"], "--cluster applies to --executor slurm"),
+    (["launch", "smoke", "--wait"], "--wait applies to --executor slurm only"),
+    (["launch", "smoke", "--executor", "slurm", "--parallel", "2", "--dry-run"], "--parallel applies to"),
+    (["launch", "smoke", "--force", "--retry-failed"], "choose one"),
+    (["launch", "smoke", "--executor", "nope"], "argument --executor: invalid choice: 'nope'"),
+    (["launch"], "the following arguments are required: grid"),
+    (["report"], "the following arguments are required: grid"),  # a delegated verb: the same format
 ])
 def test_bad_input_is_one_line_before_anything_is_submitted(tmp_path, args, pattern):
     _one_line_error(run_cli(*args, "--runs-dir", str(tmp_path)), pattern)

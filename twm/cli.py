@@ -2,7 +2,8 @@
 
 Exit codes of `run`: 0 finished (or already done), 1 failed (FAILED holds the reason), 2 bad
 input (one line on stderr, nothing started), 3 stopped by SIGTERM/SIGUSR1/SIGINT after a
-checkpoint (rerun the same command to resume).
+checkpoint (rerun the same command to resume), 4 busy: another live trainer holds the run
+directory's lock (one line on stderr, nothing done).
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from twm import run_record as rr
 from twm.config import Config, ConfigError, parse_overrides, preset
 from twm.games import GAMES, UnknownGameError, get_game
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_BUSY = 0, 1, 2, 3, 4
 EXTRA_GAMES = ("Catch",)  # the toy pixel task of benchmarks/learning_check.py
 
 
 class UsageError(Exception):
     """Bad input found before any work started."""
+
+
+class RunBusyError(Exception):
+    """Another live trainer holds the run directory's lock."""
 
 
 def check_game(name: str) -> str:
@@ -74,6 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as err:
         raise UsageError(f"output folder {run_dir} is not writable: {err.strerror}") from None
+    run_lock = rr.RunLock.acquire(run_dir)  # held by this process for the rest of its life
+    if run_lock is None:
+        holder = rr.lock_holder(run_dir) or {}
+        raise RunBusyError(f"{run_dir} is in use by another trainer (pid {holder.get('pid', '?')} on "
+                           f"{holder.get('host', '?')}); nothing done")
     (run_dir / rr.FAILED).unlink(missing_ok=True)
     meta_path.write_text(json.dumps(meta | {"config": config.to_dict()}, indent=1, default=list))
 
@@ -203,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, UnknownGameError) as err:
         print(f"twm-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunBusyError as err:
+        print(f"twm-train: error: {err}", file=sys.stderr)
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":
