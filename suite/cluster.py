@@ -77,9 +77,8 @@ def _probe(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
 
 
-def _why(cmd: list[str], out: subprocess.CompletedProcess | None, err: Exception | None = None) -> str:
-    """`squeue --me ... exited 1: <first stderr line>` / `... timed out after 5 s` in one line."""
-    name = " ".join(cmd[:2])
+def _why(name: str, out: subprocess.CompletedProcess | None, err: Exception | None = None) -> str:
+    """`squeue --me exited 1: <first stderr line>` / `squeue --me timed out after 5 s`, in one line."""
     if isinstance(err, subprocess.TimeoutExpired):
         return f"{name} timed out after {PROBE_TIMEOUT_S:.0f} s"
     if err is not None:
@@ -111,20 +110,20 @@ def max_array_size(profile: Profile) -> ArraySize:
     """The profile's value, else the cluster's MaxArraySize, else Slurm's default 1001 labelled as a fallback."""
     if profile.max_array_size > 0:
         return ArraySize(profile.max_array_size, f"profile {profile.name}")
-    cmd = ["scontrol", "show", "config"]
+    name, fallback = "scontrol show config", "fallback: Slurm's default; "
     if not shutil.which("scontrol"):
-        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, "fallback: Slurm's default; scontrol is not on PATH")
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + "scontrol is not on PATH")
     try:
-        out = _probe(cmd)
+        out = _probe(name.split())
     except (OSError, subprocess.TimeoutExpired) as err:
-        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, f"fallback: Slurm's default; {_why(cmd, None, err)}")
-    if out.returncode == 0:
-        for line in out.stdout.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "MaxArraySize" and value.strip().isdigit():
-                return ArraySize(int(value.strip()), "scontrol show config")
-    return ArraySize(DEFAULT_MAX_ARRAY_SIZE, f"fallback: Slurm's default; {_why(cmd, out)}"
-                     if out.returncode else "fallback: Slurm's default; no MaxArraySize in scontrol show config")
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + _why(name, None, err))
+    if out.returncode != 0:
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + _why(name, out))
+    for line in out.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return ArraySize(int(value.strip()), name)
+    return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + f"no MaxArraySize in {name}")
 
 
 def slurm_parameters(profile: Profile, job_name: str, setup: list[str]) -> dict:
@@ -189,9 +188,9 @@ def squeue_states() -> dict[str, tuple[str, str]]:
     try:
         out = _probe(cmd)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why(cmd, None, err)}") from None
+        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why('squeue --me', None, err)}") from None
     if out.returncode != 0:
-        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why(cmd, out)}")
+        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why('squeue --me', out)}")
     states = {}
     for line in out.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")

@@ -164,14 +164,17 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     tracking_uri = opts.tracking_uri or (profile.tracking_uri if profile else "") or default_tracking_uri(runs_dir)
     device = opts.device or (profile.device if profile else "auto")
 
+    try:  # fail closed: a queued run that looks unqueued would be submitted twice
+        queue = read_queue(specs, runs_dir, always=profile is not None)
+    except QueueUnreadableError as err:
+        if not opts.dry_run:
+            raise LaunchError(f"{err}; nothing submitted") from None
+        say(f"warning: {err}; a real launch would submit nothing")
+        queue = {}
     if not opts.dry_run:
         check_writable(runs_dir)
         check_tracking_uri(tracking_uri)
     mlflow_done = set() if opts.dry_run or opts.force else _mlflow_done(tracking_uri, grid.name)
-    try:  # fail closed: a queued run that looks unqueued would be submitted twice
-        queue = read_queue(specs, runs_dir, always=profile is not None)
-    except QueueUnreadableError as err:
-        raise LaunchError(f"{err}; nothing submitted") from None
     chosen = select(specs, runs_dir, mlflow_done, opts.force, opts.retry_failed, queue,
                     wait_for_held=opts.executor == "local")
     ctx = LaunchContext(runs_dir=runs_dir, tracking_uri=tracking_uri, experiment=grid.name,
@@ -300,7 +303,8 @@ def _print_slurm_plan(profile: Profile, grid: str, groups: list[tuple[RunSpec, .
         say(line)
     for i, chunk in enumerate(chunks):
         executor = _array_executor(profile, grid, chunk, runs_dir, runs_per_gpu, dry_run=True)
-        say(f"--- array {i + 1}/{len(chunks)}: {len(chunk)} tasks; the sbatch script submitit submits:")
+        what = f"array of {len(chunk)} tasks" if len(chunk) > 1 else "single job"
+        say(f"--- submission {i + 1}/{len(chunks)}: {what}; the sbatch script submitit submits:")
         say(submission_script(executor, len(chunk)).rstrip("\n"))
 
 

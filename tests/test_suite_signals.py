@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -234,6 +235,7 @@ def test_every_stop_interrupts_and_a_relaunch_resumes_to_the_uninterrupted_score
     relaunched = log.read_text()
     assert "finished: 1 done" in relaunched or "finished: 2 done" in relaunched, relaunched
     assert "next:" in relaunched
+    assert re.search(r"smoke: env steps: .*/2\.00k \[\d+:\d+<\d+:\d+", relaunched), relaunched  # 2 x 1000, ETA
     assert "twm-suite status smoke" in relaunched and "mlflow ui --backend-store-uri" in relaunched
     s1_log = (run_dirs[1] / TRAIN_LOG).read_text()
     # SIGTERM, SIGHUP, 2x SIGINT (forwarded once), kill -9 (the kernel's SIGTERM, once per thread of the launcher)

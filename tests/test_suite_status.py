@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 from suite.cli import main
@@ -13,7 +15,7 @@ from suite.grids import get_grid, plan
 from suite.launch import select
 from suite.rundir import DONE, FAILED, STATUS, record_submission, run_state, write_json
 from suite.status import collect, format_table
-from twm.run_record import RunLock
+from twm.run_record import RunLock, lock_holder
 
 
 def _status(run_dir, env_step, state="running", last_eval=None):
@@ -114,3 +116,36 @@ def test_status_table_counts_per_variant_and_game_and_exits_1_on_failure(tmp_pat
     assert "failed: smoke/base/Breakout/s0-" in out and "non-finite loss" in out
     table = format_table(collect([specs["Pong", 0]], tmp_path))
     assert "1,500/1,500" in table and "-19.0" in table
+
+
+def test_a_second_trainer_on_a_live_run_directory_exits_4_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = RunLock.acquire(run_dir)  # this process plays the live trainer
+    before = sorted(p.name for p in run_dir.iterdir())
+    try:
+        out = subprocess.run([sys.executable, "-m", "twm.cli", "run", "--game", "Pong", "--seed", "0", "--preset",
+                              "smoke", "--out", str(run_dir)], capture_output=True, text=True, timeout=120)
+    finally:
+        lock.release()
+    assert out.returncode == 4, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line == (f"twm-train: error: {run_dir} is in use by another trainer (pid {os.getpid()} on "
+                    f"{socket.gethostname()}); nothing done")
+    assert sorted(p.name for p in run_dir.iterdir()) == before == [".claim.lock", "claim.json"]
+
+
+def test_the_run_lock_dies_with_its_holder_even_on_kill_9(tmp_path):
+    code = ("import sys, time; from pathlib import Path; from twm.run_record import RunLock; "
+            "lock = RunLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_holder(tmp_path)["pid"] == holder.pid and RunLock.acquire(tmp_path, wait_s=0.2) is None
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(tmp_path) is None
+    lock = RunLock.acquire(tmp_path, wait_s=0)
+    assert lock is not None and lock_holder(tmp_path)["pid"] == os.getpid()
+    lock.release()
