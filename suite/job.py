@@ -131,14 +131,14 @@ def start_trainer(spec: RunSpec, ctx: LaunchContext, job_id: str, env: dict[str,
 
 
 def finish(trainer: TrainerProcess, ctx: LaunchContext) -> str:
-    """The outcome of an exited trainer: done | interrupted | busy | failed. A stop we asked for is never a
-    failure, even when it came before the trainer could catch it (start-up: killed by the SIGTERM). Other
+    """The outcome of an exited trainer: done | interrupted | busy | failed. A stop is never a failure, even
+    one that came before the trainer could catch it (start-up: killed by SIGTERM, SIGINT or SIGHUP). Other
     deaths and bad-input exits are written to FAILED (one line) so that relaunches do not retry them forever."""
     code = trainer.proc.returncode
     run_dir = trainer.spec.run_dir(ctx.runs_dir)
     if code == EXIT_DONE:
         return "done"
-    if code == EXIT_INTERRUPTED or (code == -signal.SIGTERM and trainer.stop_sent):
+    if code == EXIT_INTERRUPTED or -code in STOP_SIGNALS:
         return "interrupted"
     if code == EXIT_BUSY:
         return "busy"

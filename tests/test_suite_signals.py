@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_helpers import sets, wait_for
 
 from suite.grids import get_grid, plan
 from suite.launch import LaunchOptions, launch
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.slow
 # A smoke cell whose main phase lasts long enough (about 13 s per run alone on 2 cores) to be stopped four times.
 LONG = ["schedule.budget=50000", "schedule.pretrain_budget=3000", "buffer.capacity=1000", "env.time_limit=300",
         "schedule.eval_episodes=1", "schedule.final_eval_episodes=2"]
-SELECTION = ["smoke", "--games", "Pong", "--seeds", "0,1", *[a for item in LONG for a in ("--set", item)]]
+SELECTION = ["smoke", "--games", "Pong", "--seeds", "0,1", *sets(LONG)]
 LAUNCH = [sys.executable, "-m", "suite.cli", "launch", *SELECTION]
 
 
@@ -103,16 +104,6 @@ class Terminal(threading.Thread):
         self._closing.set()
         self.join()
         os.close(self.master)
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.2):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def start_launcher(runs: Path, log: Path, **popen) -> subprocess.Popen:
@@ -254,3 +245,23 @@ def test_every_stop_interrupts_and_a_relaunch_resumes_to_the_uninterrupted_score
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (spec.key, key, sorted(steps))
+
+
+def test_a_stop_while_the_trainers_start_up_is_an_interruption_not_a_failure(tmp_path):
+    runs = tmp_path / "runs"
+    specs = plan(get_grid("smoke"), ("Pong",), (0, 1), overrides=parse_overrides(LONG))
+    log = tmp_path / "launch.log"
+    launcher = start_launcher(runs, log)
+    try:
+        wait_for(lambda: all((s.run_dir(runs) / TRAIN_LOG).exists() for s in specs), 60, "the trainers to start")
+        assert not any((s.run_dir(runs) / STATUS).exists() for s in specs), "too late: the trainers already run"
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 3, log.read_text()
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert live_trainers([s.run_dir(runs) for s in specs]) == {}
+    assert "finished: stopped by SIGTERM; 2 interrupted" in log.read_text()
+    assert not any((s.run_dir(runs) / FAILED).exists() for s in specs)
+    table: list[str] = []
+    assert show(specs, runs, say=table.append) == 0  # nothing failed; nothing trained either

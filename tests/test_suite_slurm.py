@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from suite_helpers import sets, wait_for
 
 from suite.cluster import slurm_available
 from suite.grids import get_grid, plan
@@ -40,20 +41,6 @@ def slurm():
 
 def suite(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def sets(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_smoke_grid_runs_as_one_job_array_and_a_relaunch_submits_nothing(tmp_path):
@@ -151,9 +138,9 @@ def fake_command(folder, name: str, body: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ('echo "squeue: error: Unable to contact slurm controller (connect failure)" >&2; exit 1',
+    ('echo "$@" > "$(dirname "$0")/args"; echo "squeue: error: Unable to contact slurm controller" >&2; exit 1',
      "squeue --me exited 1: squeue: error: Unable to contact slurm controller"),
-    ("sleep 60", "squeue --me timed out after 5 s"),
+    ('echo "$@" > "$(dirname "$0")/args"; sleep 60', "squeue --me timed out after 5 s"),
 ])
 def test_an_unreadable_slurm_queue_submits_nothing(tmp_path, body, message):
     runs = tmp_path / "runs"
@@ -168,6 +155,7 @@ def test_an_unreadable_slurm_queue_submits_nothing(tmp_path, body, message):
     assert line.startswith("twm-suite: error: cannot read the Slurm queue: ") and message in line, line
     assert line.endswith("; nothing submitted")
     assert not runs.exists()  # no submission file, no job record: sbatch was never called
+    assert (tmp_path / "bin" / "args").read_text().split()[0] == "--me"  # only this user's jobs count
 
 
 def test_the_dry_run_script_is_the_one_submitit_submits_and_hostile_arguments_arrive_intact(tmp_path):
