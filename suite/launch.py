@@ -351,7 +351,9 @@ def _launch_slurm(groups: list[tuple[RunSpec, ...]], ctx: LaunchContext, profile
                     record_submission(spec.run_dir(ctx.runs_dir), job.job_id, "slurm")
                     f.write(json.dumps({"job_id": job.job_id, "run_key": spec.key, "time": time.time()}) + "\n")
         jobs += chunk_jobs
-        say(f"submitted array {chunk_jobs[0].job_id.split('_')[0]} with {len(chunk_jobs)} tasks")
+        first = chunk_jobs[0].job_id.split("_")[0]
+        say(f"submitted array {first} with {len(chunk_jobs)} tasks" if len(chunk_jobs) > 1 else
+            f"submitted job {first}")
     if not opts.wait:
         return EXIT_DONE
     return _wait_for_jobs(jobs, [spec for group in groups for spec in group], ctx, say)

@@ -124,7 +124,7 @@ def test_a_queued_or_running_cell_is_never_submitted_twice(tmp_path):
         assert collect([spec], tmp_path)[0].state in {"pending", "running"}
         again = suite("launch", *args)
         assert "0 to run" in again.stdout and "1 queued or running" in again.stdout, again.stdout
-        assert "submitted array" not in again.stdout
+        assert "submitted" not in again.stdout
     finally:
         subprocess.run(["scancel", job_id], check=False)
 
