@@ -344,6 +344,7 @@ def _launch_slurm(groups: list[tuple[RunSpec, ...]], ctx: LaunchContext, profile
     for chunk in _array_chunks(groups, max_array_size(profile).value):
         executor = _array_executor(profile, ctx.experiment, chunk, ctx.runs_dir, opts.runs_per_gpu, dry_run=False)
         chunk_jobs = executor.submit_array([RunJob(group, ctx) for group in chunk])
+        _check_dry_run_script(executor, chunk_jobs, say)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as f:
             for group, job in zip(chunk, chunk_jobs, strict=True):
@@ -357,6 +358,16 @@ def _launch_slurm(groups: list[tuple[RunSpec, ...]], ctx: LaunchContext, profile
     if not opts.wait:
         return EXIT_DONE
     return _wait_for_jobs(jobs, [spec for group in groups for spec in group], ctx, say)
+
+
+def _check_dry_run_script(executor, jobs: list, say: Callable[[str], None]) -> None:
+    """Say so if the script submitit just submitted is not the one `--dry-run` prints (another submitit?)."""
+    from submitit.core.utils import JobPaths
+
+    first = jobs[0].job_id.split("_")[0]
+    submitted = JobPaths(executor.folder, job_id=first).submission_file
+    if submitted.exists() and submitted.read_text() != submission_script(executor, len(jobs)):
+        say(f"warning: {submitted} differs from the script --dry-run prints for it; please report this")
 
 
 def _wait_for_jobs(jobs: list, specs: list[RunSpec], ctx: LaunchContext, say: Callable[[str], None]) -> int:

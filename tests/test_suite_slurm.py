@@ -50,6 +50,9 @@ def test_smoke_grid_runs_as_one_job_array_and_a_relaunch_submits_nothing(tmp_pat
     assert "submitted array" in first.stdout and "with 4 tasks" in first.stdout and "finished: 4 done" in first.stdout
     launches = [json.loads(line) for line in (tmp_path / "smoke/.submitit/launches.jsonl").read_text().splitlines()]
     assert len(launches) == 4 and len({entry["job_id"].split("_")[0] for entry in launches}) == 1
+    array = launches[0]["job_id"].split("_")[0]
+    assert (tmp_path / f"smoke/.submitit/{array}/{array}_submission.sh").exists()
+    assert "differs from the script --dry-run prints" not in first.stdout  # checked against it at submission
 
     status = suite("status", "smoke", "--runs-dir", str(tmp_path), *sets(TINY))
     header, total = status.stdout.splitlines()[0].split(), status.stdout.splitlines()[-1].split()
@@ -181,7 +184,7 @@ def test_the_dry_run_script_is_the_one_submitit_submits_and_hostile_arguments_ar
 
     launched = subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True,
                               timeout=120, cwd=tmp_path)
-    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert launched.returncode == 0 and "warning" not in launched.stdout, launched.stdout + launched.stderr
     (spec,) = plan(get_grid("smoke"), ("Pong",), (0,), overrides=parse_overrides([f"runtime.device={device}", *TINY]))
     run_dir = spec.run_dir(runs)
     job_id = json.loads((run_dir / "submitted.json").read_text())["job_id"]
