@@ -103,7 +103,7 @@ class ArraySize:
     """The largest array to submit, and where that number came from."""
 
     value: int
-    source: str  # "profile", "scontrol show config", or "fallback: ..." (not read from the cluster)
+    source: str  # "profile <name>", "scontrol show config", or "fallback: ..." (not read from the cluster)
 
 
 def max_array_size(profile: Profile) -> ArraySize:
