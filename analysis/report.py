@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import re
 import sys
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from analysis import ATARI_100K_GAMES, AnalysisError, figures, paper, stats, tables
+from analysis import ATARI_100K_GAMES, AnalysisError, figures, stats, tables
 from analysis.scores import Experiment, complete_seeds, curve_tensor, final_scores, hns_matrix
 
-PROFILE_TAUS = np.linspace(0.0, 8.0, 81)
 BASE_VARIANT = "base"
-# Keyword in a variant name -> the paper figure it reproduces.
-PAPER_FIGURES = [
-    ("uniform", "Figure 7 (uniform vs balanced sampling)"),
-    ("reward", "Figure 8 (no reward input)"),
-    ("entropy", "Figure 15 (no entropy threshold, Γ=1)"),
-    ("history", "Figure 16 (history length ℓ=4)"),
-    ("policy", "Figure 17 (policy input [z,h])"),
-    ("interaction", "Figure 18 (fewer interactions, same budget)"),
-    ("capacity", "Figure 18 (fewer interactions, same budget)"),
-]
 
 
 @dataclass
@@ -38,12 +31,16 @@ class Method:
     hns: np.ndarray
 
 
-def paper_figure_for(variant: str) -> str:
-    """Which paper figure an ablation variant corresponds to (by keyword in its name)."""
-    for key, label in PAPER_FIGURES:
-        if key in variant.lower():
-            return label
-    return "ablation"
+@cache
+def shipped_grids() -> dict[str, dict]:
+    """The suite's grids as data (`suite/grids.json`, read as a file: analysis imports no suite code)."""
+    return json.loads(resources.files("suite").joinpath("grids.json").read_text())
+
+
+def paper_figure(grid: str) -> str:
+    """The paper figure a grid reproduces, from its `figure` field in suite/grids.json."""
+    raw = shipped_grids().get(grid)
+    return raw["figure"] if raw is not None else f"ablation (experiment '{grid}' is not a shipped grid)"
 
 
 def base_variant(variants: list[str]) -> str:
@@ -111,8 +108,9 @@ def _table_html(table: tables.Table) -> str:
         "<tr><th>" + html.escape(str(i)) + "</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
         for i, row in zip(cells.index, cells.values, strict=True)
     )
-    notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in table.notes)
-    return f"<p><b>{html.escape(table.caption)}</b></p><table><tr>{head}</tr>{body}</table>{notes}"
+    notes = "".join(f"<p><i>{_html_text(n)}</i></p>" for n in table.notes)
+    title = f"{table.label}: {table.caption}" if table.label else table.caption
+    return f"<p><b>{_html_text(title)}</b></p><table><tr>{head}</tr>{body}</table>{notes}"
 
 
 def _frame_md(frame: pd.DataFrame) -> str:
@@ -122,11 +120,21 @@ def _frame_md(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _html_text(text: str) -> str:
+    """Escaped text with `code spans` as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
 def write_report(
-    exp: Experiment, baselines: pd.DataFrame, out_dir: Path, command: str, baselines_source: str,
+    exp: Experiment, baselines: dict[str, pd.DataFrame], out_dir: Path, command: str, baselines_source: str,
     reps: int = stats.DEFAULT_REPS, profile_reps: int = stats.DEFAULT_PROFILE_REPS, seed: int = stats.DEFAULT_SEED,
+    games: tuple[str, ...] | None = None, tau_max: float = stats.DEFAULT_TAU_MAX,
 ) -> dict[str, Path]:
-    """Compute everything for a grid, write tables, figures, report.md and a self-contained report.html."""
+    """Compute everything for a grid, write tables, figures, report.md and a self-contained report.html.
+
+    Aggregates run over `games` (default: the games of the base variant). Every method's bootstrap stream
+    depends only on its name and `seed`; per-game-mean baselines (1 run per game) get no intervals, no
+    profile and no probability of improvement."""
     out_dir = Path(out_dir)
     fig_dir, tab_dir = out_dir / "figures", out_dir / "tables"
     if exp.tidy.empty:
@@ -136,7 +144,11 @@ def write_report(
     variants = sorted(exp.tidy["variant"].unique(), key=lambda v: (v != base, v))
     single = len(variants) == 1
     label = {v: ("Ours" if single else f"Ours ({v})") for v in variants}
-    games = [g for g in ATARI_100K_GAMES if g in set(final_scores(exp.tidy[exp.tidy["variant"] == base])["game"])]
+    present = set(final_scores(exp.tidy[exp.tidy["variant"] == base])["game"])
+    if games is not None and not set(games) <= present:
+        raise AnalysisError(f"experiment '{exp.name}', variant '{base}': no finished run on "
+                            f"{', '.join(g for g in games if g not in present)} (--games)")
+    games = list(games) if games is not None else [g for g in ATARI_100K_GAMES if g in present]
     missing, partial = inventory(exp)
     notes: list[str] = []
 
@@ -150,34 +162,52 @@ def write_report(
         ours[v], n = _variant_method(exp, v, games, label[v])
         notes += n
     methods: list[Method] = list(ours.values())
-    for name in dict.fromkeys(baselines["method"]):
-        b = baselines[baselines["method"] == name]
+    for name, b in baselines.items():
+        if name in {m.name for m in methods}:
+            raise AnalysisError(f"baseline '{name}' has the name of one of our variants")
         methods.append(Method(name, b, hns_matrix(b, games, where=f"baseline {name}")))
+    styles = figures.method_styles([m.name for m in methods])
+    taus = stats.profile_taus(tau_max)
+
+    def stream(name: str) -> int:
+        return stats.stream_seed(name, seed)
 
     intervals, profiles, runs, above = {}, {}, {}, {}
-    for i, m in enumerate(tqdm(methods, desc="bootstrap CIs", unit="method", file=sys.stderr)):
-        intervals[m.name] = stats.aggregate_intervals(m.hns, reps=reps, seed=seed + i)
-        point, lo, hi = stats.performance_profile(m.hns, PROFILE_TAUS, reps=profile_reps, seed=seed + i)
-        profiles[m.name] = (PROFILE_TAUS, point, lo, hi)
+    for m in tqdm(methods, desc="bootstrap CIs", unit="method", file=sys.stderr):
+        intervals[m.name] = stats.aggregate_intervals(m.hns, reps=reps, seed=stream(m.name))
+        if m.hns.shape[0] > 1:
+            profiles[m.name] = (taus, *stats.performance_profile(m.hns, taus, reps=profile_reps, seed=stream(m.name)))
         runs[m.name] = m.hns.shape[0]
         above[m.name] = stats.games_above_human(m.hns)
     curves = {}
-    for i, m in enumerate(tqdm(list(ours.values()), desc="sample-efficiency CIs", unit="variant", file=sys.stderr)):
+    for m in tqdm(list(ours.values()), desc="sample-efficiency CIs", unit="variant", file=sys.stderr):
         c = _curves(m, games)
         if c is not None:
-            point, lo, hi = stats.iqm_curve(c[1], reps=reps, seed=seed + i)
-            curves[m.name] = (c[0], point, lo, hi)
-    poi = {}
-    for i, (v, m) in enumerate(ours.items()):
-        if v != base and base in ours:
-            poi[m.name] = stats.probability_of_improvement(m.hns, ours[base].hns, reps=reps, seed=seed + i)
+            curves[m.name] = (c[0], *stats.iqm_curve(c[1], reps=reps, seed=stream(f"{m.name} curve")))
+    poi, pairs = {}, []  # ablation variants vs base; our reference vs each run-level baseline
+    reference = ours.get(base)
+    if reference is not None and reference.hns.shape[0] < 2:
+        reference = None  # one run per game: no probability of improvement
+    for v, m in ours.items():
+        if v != base and reference is not None and m.hns.shape[0] > 1:
+            poi[m.name] = stats.probability_of_improvement(m.hns, reference.hns, reps=reps,
+                                                           seed=stream(f"P({m.name} > {reference.name})"))
+            pairs.append((m.name, reference.name, poi[m.name]))
+    if reference is not None:
+        for m in methods[len(ours):]:
+            if m.hns.shape[0] > 1:
+                iv = stats.probability_of_improvement(reference.hns, m.hns, reps=reps,
+                                                      seed=stream(f"P({reference.name} > {m.name})"))
+                pairs.append((reference.name, m.name, iv))
 
     subset = "" if len(games) == len(ATARI_100K_GAMES) else f" on {len(games)} games ({', '.join(games)})"
     written: dict[str, Path] = {}
     tabs: list[tuple[str, tables.Table]] = []
+    over_baselines = {y: iv for x, y, iv in pairs if reference is not None and x == reference.name}
     tabs.append(("aggregates", tables.aggregate_table(
         intervals, runs, above, f"Aggregate human-normalised metrics{subset} with 95% stratified bootstrap CIs "
-        f"({reps} reps, seed {seed})")))
+        f"({reps} reps, seed {seed})", poi=over_baselines if over_baselines else None,
+        poi_column=f"P({reference.name} > row)" if reference is not None else "")))
     tabs.append(("table1", tables.table1({label[v]: m.tidy for v, m in ours.items()})))
     tabs.append(("table2", tables.table2(ours[base].tidy, label[base]) if base in ours else None))
     if len(ours) > 1:
@@ -194,19 +224,25 @@ def write_report(
 
     figs: list[tuple[str, str, list[Path]]] = []
     figs.append(("fig3_aggregates", "Figure 3: aggregate metrics with 95% CIs",
-                 figures.save(figures.aggregate_metrics(intervals), fig_dir, "fig3_aggregates")))
-    figs.append(("fig4_profiles", "Figure 4: performance profiles with 95% CI bands",
-                 figures.save(figures.performance_profiles(profiles), fig_dir, "fig4_profiles")))
+                 figures.save(figures.aggregate_metrics(intervals, styles), fig_dir, "fig3_aggregates")))
+    if profiles:
+        figs.append(("fig4_profiles", f"Figure 4: performance profiles over τ ∈ [0, {tau_max:g}] with 95% CIs",
+                     figures.save(figures.performance_profiles(profiles, styles), fig_dir, "fig4_profiles")))
+    if pairs:
+        figs.append(("probability_of_improvement", "Probability of improvement P(X > Y) with 95% CIs",
+                     figures.save(figures.probability_of_improvement(pairs, styles), fig_dir,
+                                  "probability_of_improvement")))
     if curves:
         figs.append(("sample_efficiency", "Sample efficiency: IQM vs env steps with 95% CIs",
-                     figures.save(figures.sample_efficiency(curves), fig_dir, "sample_efficiency")))
+                     figures.save(figures.sample_efficiency(curves, styles), fig_dir, "sample_efficiency")))
+    variant_styles = {v: styles.get(label[v], figures.OTHER_STYLES[0]) for v in variants}  # as in the others
     for v in variants:
         if v == base:
             continue
-        title = f"{paper_figure_for(v)}: {base} vs {v}"
+        title = f"{paper_figure(exp.name)}: {base} vs {v}"
         frame = _ablation_frame(exp.tidy, [base, v], games)
-        figs.append((f"ablation_{v}", title, figures.save(figures.ablation_curves(frame, title), fig_dir,
-                                                          f"ablation_{v}")))
+        figs.append((f"ablation_{v}", title, figures.save(figures.ablation_curves(frame, title, variant_styles),
+                                                          fig_dir, f"ablation_{v}")))
 
     n_runs = final_scores(exp.tidy).groupby(["variant", "game"]).size().unstack("variant").reindex(games)
     n_runs = n_runs.fillna(0).astype(int)
@@ -236,19 +272,20 @@ def write_report(
 
     md = header + problems
     body_html = [f"<h1>Report: grid <code>{html.escape(exp.name)}</code></h1><ul>"]
-    body_html += [f"<li>{html.escape(line[2:])}</li>" for line in header if line.startswith("- ")]
+    body_html += [f"<li>{_html_text(line[2:])}</li>" for line in header if line.startswith("- ")]
     body_html.append("</ul><h2>Missing and partial runs</h2>")
     body_html.append("<p>None: every expected run finished.</p>" if missing.empty and partial.empty and not notes
                      else "")
     for title, frame in (("Missing", missing), ("Partial", partial)):
         if not frame.empty:
             body_html.append(f"<p>{title} ({len(frame)})</p>" + frame.to_html(index=False))
-    body_html += [f"<p>{html.escape(n)}</p>" for n in notes]
+    body_html += [f"<p>{_html_text(n)}</p>" for n in notes]
     md += ["## Tables", ""]
     body_html.append("<h2>Tables</h2>")
     for key, table in tabs:
         md += [table.to_markdown(), f"(files: `tables/{key}.md`, `.csv`, `.tex`)", ""]
-        body_html.append(_table_html(table))
+        body_html.append(_table_html(table) + f"<p>(files: <code>tables/{key}.md</code>, <code>.csv</code>, "
+                         "<code>.tex</code>)</p>")
     md += ["## Figures", ""]
     body_html.append("<h2>Figures</h2>")
     for key, title, paths in figs:
@@ -266,8 +303,3 @@ def write_report(
     written["report.html"].write_text(page)
     return written
 
-
-def paper_reference_curve() -> tuple[np.ndarray, np.ndarray]:
-    """The paper's TWM normalised mean at 5K ... 100K interactions (Table 2)."""
-    row = paper.table2_normalized_mean()
-    return np.array(list(paper.TABLE2_STEPS.values())), np.array([row[c] for c in paper.TABLE2_STEPS])

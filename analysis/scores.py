@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis import ATARI_100K_GAMES, AnalysisError, paper
+from analysis import ATARI_100K_GAMES, OTHER_ATARI_GAMES, AnalysisError, paper
 
 TAG_GRID = "twm.grid"
 TAG_VARIANT = "twm.variant"
@@ -41,7 +44,7 @@ FINAL_ENV_STEP = 100_000
 
 TIDY_COLUMNS = ["method", "variant", "game", "seed", "env_step", "score", "hns"]
 PUBLISHED_VARIANT = "published"
-REFERENCE_FILES = {"RANDOM", "HUMAN"}  # normalisation constants in a baselines folder, not methods
+SERVER_CHECK_TIMEOUT_S = 3.0  # a server that does not answer is reported well within 10 s, start-up included
 
 
 @dataclass
@@ -55,13 +58,25 @@ class Experiment:
     partial: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows of `runs` that are not finished
 
 
-def check_game(game: str, where: str) -> str:
-    """Return `game` if it is an Atari 100k paper name, else raise naming `where` and the closest name."""
+def check_game(game: object, where: str) -> str:
+    """Return `game` if it is an Atari 100k paper name, else raise naming `where` and what the name is."""
     if game in ATARI_100K_GAMES:
         return game
+    if not isinstance(game, str):
+        raise AnalysisError(f"{where}: game {json.dumps(game)} is not a game name")
+    other = [g for g in OTHER_ATARI_GAMES if g.lower() == game.lower()]
+    if other:
+        raise AnalysisError(f"{where}: '{game}' is an Atari game but not one of the 26 Atari 100k games")
     close = difflib.get_close_matches(game, ATARI_100K_GAMES, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise AnalysisError(f"{where}: unknown game '{game}'{hint}; expected one of the 26 Atari 100k paper names")
+
+
+def check_score(value: object, where: str) -> float:
+    """A finite number as float, else raise naming `where` (game and run) and the value."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AnalysisError(f"{where}: score {json.dumps(value)} is not a finite number")
+    return float(value)
 
 
 def normalise(scores: np.ndarray | pd.Series, games: np.ndarray | pd.Series) -> np.ndarray:
@@ -92,19 +107,21 @@ def make_tidy(rows: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- published score files
 
 
-def load_score_file(path: str | Path, method: str | None = None) -> pd.DataFrame:
+def load_score_file(path: str | Path, method: str | None = None, first_runs: int | None = None) -> pd.DataFrame:
     """Read a published per-run score file into the tidy format (final scores at env step 100K).
 
-    Accepts `{game: [score per run, ...]}` or a list of records `{"game", "seed", "HNS"}` (rliable's CURL
-    file, scores already human-normalised; the raw score is recovered with the paper's random/human).
+    Accepts `{game: [score per run, ...]}` or a list of records `{"game", "HNS", ...}` (rliable's CURL file:
+    scores already human-normalised; the raw score is recovered with the paper's random/human, and a game's
+    runs are its records in file order). `first_runs` keeps only the first runs of each game. Every score must
+    be a finite number; a bad one is named with its game and run.
     """
     path = Path(path)
     method = method or path.stem
-    if not path.exists():
+    if not path.is_file():
         raise AnalysisError(f"score file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(), parse_constant=lambda c: c)  # NaN/Infinity stay strings: named below
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AnalysisError(f"score file {path} is not valid JSON: {err}") from err
     rows = []
     if isinstance(data, dict):
@@ -112,49 +129,27 @@ def load_score_file(path: str | Path, method: str | None = None) -> pd.DataFrame
             check_game(game, f"score file {path}")
             if not isinstance(scores, list) or not scores:
                 raise AnalysisError(f"score file {path}: game '{game}' must map to a non-empty list of scores")
-            rows += [(game, seed, float(s)) for seed, s in enumerate(scores)]
+            rows += [(game, run, check_score(s, f"score file {path}: game '{game}', run {run}"))
+                     for run, s in enumerate(scores)]
     elif isinstance(data, list):
-        seeds: dict[str, int] = {}
+        runs: dict[str, int] = {}
         for record in data:
             if not isinstance(record, dict) or "game" not in record or "HNS" not in record:
                 raise AnalysisError(f"score file {path}: records must have 'game' and 'HNS' keys")
             game = check_game(record["game"], f"score file {path}")
-            seed = seeds.get(game, 0)
-            seeds[game] = seed + 1
-            raw = denormalise(np.array([float(record["HNS"])]), np.array([game]))[0]
-            rows.append((game, seed, raw))
+            run = runs.get(game, 0)
+            runs[game] = run + 1
+            hns = check_score(record["HNS"], f"score file {path}: game '{game}', run {run} (HNS)")
+            rows.append((game, run, denormalise(np.array([hns]), np.array([game]))[0]))
     else:
         raise AnalysisError(f"score file {path}: expected a {{game: [scores]}} object or a list of records")
     frame = pd.DataFrame(rows, columns=["game", "seed", "score"])
+    if first_runs is not None:
+        frame = frame[frame["seed"] < first_runs]
     frame["method"] = method
     frame["variant"] = PUBLISHED_VARIANT
     frame["env_step"] = FINAL_ENV_STEP
     return make_tidy(frame)
-
-
-def load_baselines(folder: str | Path) -> pd.DataFrame:
-    """All `*.json` score files of a folder (except RANDOM/HUMAN) as one tidy table, method = file stem."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AnalysisError(f"baselines folder {folder} does not exist")
-    files = sorted(p for p in folder.glob("*.json") if p.stem not in REFERENCE_FILES)
-    if not files:
-        raise AnalysisError(f"baselines folder {folder} has no *.json score files")
-    return pd.concat([load_score_file(p) for p in files], ignore_index=True)
-
-
-def paper_table1_baselines() -> pd.DataFrame:
-    """The paper's Table 1 per-game means as 1-run methods (per-game means only, no CIs)."""
-    table = paper.table1()
-    frames = []
-    for column, name in paper.TABLE1_METHODS.items():
-        frame = pd.DataFrame({"game": table.index, "score": table[column].to_numpy()})
-        frame["method"] = f"{name} (paper)"
-        frame["variant"] = PUBLISHED_VARIANT
-        frame["seed"] = 0
-        frame["env_step"] = FINAL_ENV_STEP
-        frames.append(frame)
-    return make_tidy(pd.concat(frames, ignore_index=True))
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -165,15 +160,36 @@ def default_tracking_uri(runs_dir: str | Path = "twm-runs") -> str:
     return f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
 
 
+def check_tracking_server(tracking_uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """For an http(s) tracking URI, GET <uri>/health once with a timeout; raise if the server does not answer.
+
+    MLflow's own client retries for minutes against a stopped server; this check fails within `timeout`.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise AnalysisError(f"MLflow tracking server {tracking_uri} is not reachable ({reason})") from None
+    if status != 200:
+        raise AnalysisError(f"MLflow tracking server {tracking_uri} answered {url} with HTTP {status}")
+
+
 def load_experiment(experiment: str, tracking_uri: str, method: str | None = None) -> Experiment:
     """Read every run of an MLflow experiment (see the module docstring for the tags and metrics)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         if not db.exists():
             raise AnalysisError(f"MLflow store {db} does not exist (tracking URI {tracking_uri})")
+    check_tracking_server(tracking_uri)
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         exp = client.get_experiment_by_name(experiment)
@@ -220,7 +236,8 @@ def load_experiment(experiment: str, tracking_uri: str, method: str | None = Non
             continue
         for metric in (METRIC_EVAL, METRIC_FINAL):
             for point in client.get_metric_history(run.info.run_id, metric):
-                rows.append((method, variant, game, seed, point.step, point.value, metric))
+                value = check_score(point.value, f"{where} ({variant}/{game}/s{seed}): {metric} at step {point.step}")
+                rows.append((method, variant, game, seed, point.step, value, metric))
     run_table = pd.DataFrame(table).sort_values(["variant", "game", "seed"]).reset_index(drop=True)
     dup = run_table[run_table["done"]].duplicated(["variant", "game", "seed"], keep=False)
     if dup.any():

@@ -16,14 +16,27 @@ METRIC_LABELS = {"median": "Median", "iqm": "IQM", "mean": "Mean", "optimality_g
 TABLE2_STEPS = list(paper.TABLE2_STEPS.values())
 
 
+# Characters of our captions and cells that pdflatex does not take as they are.
+LATEX_TEXT = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
+              "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "ε": r"$\varepsilon$",
+              "≥": r"$\geq$", "≤": r"$\leq$", "–": "--", "—": "---", "Γ": r"$\Gamma$", "τ": r"$\tau$",
+              "×": r"$\times$", "ℓ": r"$\ell$", "’": "'", "`": ""}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text -> pdflatex-safe text (special characters escaped, Greek letters and ≥ as math)."""
+    return "".join(LATEX_TEXT.get(ch, ch) for ch in str(text))
+
+
 @dataclass
 class Table:
-    """A table to publish: string cells, which cells are bold, a caption."""
+    """A table to publish: string cells, which cells are bold, a caption (and the paper's label, e.g. Table 1)."""
 
     frame: pd.DataFrame  # index = row labels, all cells already formatted as strings
     caption: str
     bold: pd.DataFrame | None = None  # same shape as frame, True where the cell is the best
     notes: list[str] = field(default_factory=list)
+    label: str = ""  # e.g. "Table 1": printed before the caption in Markdown; LaTeX numbers tables itself
 
     def _cells(self, bold_fmt: str) -> pd.DataFrame:
         cells = self.frame.copy()
@@ -38,23 +51,29 @@ class Table:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         rows = zip(cells.index, cells.values, strict=True)
         lines += ["| " + " | ".join([str(i)] + list(row)) + " |" for i, row in rows]
-        text = f"**{self.caption}**\n\n" + "\n".join(lines) + "\n"
+        title = f"{self.label}: {self.caption}" if self.label else self.caption
+        text = f"**{title}**\n\n" + "\n".join(lines) + "\n"
         return text + "".join(f"\n{n}\n" for n in self.notes)
 
-    def to_latex(self) -> str:
-        """A LaTeX tabular (booktabs) with the best cells in \\textbf."""
-        def esc(v: str) -> str:
-            return str(v).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("ε", r"$\varepsilon$")
+    def to_latex(self, stem: str = "") -> str:
+        """A page-wide booktabs table (`table*`) that pdflatex compiles; needs \\usepackage{booktabs,graphicx}.
 
-        cells = self.frame.map(esc)
+        Shrunk to the text width only when wider; the caption has no "Table N:" (LaTeX numbers the table);
+        the best cells are \\textbf."""
+        cells = self.frame.map(latex_escape)
         if self.bold is not None:
             cells = cells.where(~self.bold, cells.map(lambda v: rf"\textbf{{{v}}}"))
-        head = [esc(self.frame.index.name or "")] + [esc(c) for c in cells.columns]
-        body = [" & ".join([esc(i)] + list(row)) + r" \\" for i, row in zip(cells.index, cells.values, strict=True)]
+        head = [latex_escape(self.frame.index.name or "")] + [latex_escape(c) for c in cells.columns]
+        rows = zip(cells.index, cells.values, strict=True)
+        body = [" & ".join([latex_escape(i)] + list(row)) + r" \\" for i, row in rows]
+        notes = [latex_escape(n) for n in self.notes]
         return "\n".join(
-            [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.caption)}}}",
-             r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule", " & ".join(head) + r" \\",
-             r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+            ["% needs \\usepackage{booktabs,graphicx}", r"\begin{table*}[t]", r"\centering", r"\small",
+             rf"\caption{{{latex_escape(self.caption)}}}", *([rf"\label{{tab:{stem}}}"] if stem else []),
+             r"\setlength{\tabcolsep}{4pt}", r"\resizebox{\ifdim\width>\textwidth\textwidth\else\width\fi}{!}{%",
+             r"\begin{tabular}{l" + "r" * len(cells.columns) + "}", r"\toprule",
+             " & ".join(head) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}}",
+             *([r"\par\smallskip\footnotesize " + " ".join(notes)] if notes else []), r"\end{table*}", ""]
         )
 
     def write(self, out_dir: Path, stem: str) -> list[Path]:
@@ -63,7 +82,7 @@ class Table:
         paths = [out_dir / f"{stem}.{ext}" for ext in ("md", "csv", "tex")]
         paths[0].write_text(self.to_markdown())
         self.frame.to_csv(paths[1])
-        paths[2].write_text(self.to_latex())
+        paths[2].write_text(self.to_latex(stem))
         return paths
 
 
@@ -86,12 +105,19 @@ def _normalised_rows(means: pd.DataFrame) -> pd.DataFrame:
 
 
 def table1(ours: dict[str, pd.DataFrame]) -> Table:
-    """Paper Table 1 layout: per-game means of the paper's methods with our runs beside them, best in bold."""
+    """Paper Table 1 layout: per-game means of the paper's methods with our runs beside them, best in bold.
+
+    The paper's columns print the paper's own normalised mean and median rows (recomputing them from its
+    rounded per-game means would differ in the third decimal, e.g. DrQ(ε) median 0.312 vs 0.313)."""
     ref = paper.table1()
     means = pd.DataFrame({paper.TABLE1_METHODS[c]: ref[c] for c in paper.TABLE1_METHODS})
     for label, tidy in ours.items():
         means[label] = per_game_means(tidy).reindex(list(ATARI_100K_GAMES))
     norm = _normalised_rows(means)
+    printed = paper.table1_aggregates()
+    for column, name in paper.TABLE1_METHODS.items():
+        norm.loc["Normalized Mean", name] = printed.loc["mean", column]
+        norm.loc["Normalized Median", name] = printed.loc["median", column]
     body = means.map(_fmt)
     shown = means.round(1)
     bold = shown.eq(shown.max(axis=1), axis=0)
@@ -108,8 +134,9 @@ def table1(ours: dict[str, pd.DataFrame]) -> Table:
     bold_all.insert(0, "Random", False)
     frame.index.name = "Game"
     return Table(
-        frame, "Table 1: mean scores per game (final score over runs) and human-normalised mean and median; "
-        "paper columns are the paper's Table 1, bold is the best method per row.", bold_all,
+        frame, "Mean scores per game (final score over runs) and human-normalised mean and median; the paper's "
+        "columns and their normalised rows are the paper's Table 1 as printed, bold is the best method per row.",
+        bold_all, label="Table 1",
     )
 
 
@@ -133,34 +160,37 @@ def table2(ours: pd.DataFrame, label: str = "Ours") -> Table:
     frame.insert(0, "Random", list(ref["random"].map(_fmt)) + ["0.000", "0.000"])
     frame.index.name = "Game"
     return Table(
-        frame, f"Table 2: {label} at different numbers of interactions (mean over runs; '–' = not logged) "
-        "beside the final scores of SimPLe and SPR; the last row is the paper's TWM.",
+        frame, f"{label} at different numbers of interactions (mean over runs; '–' = not logged) beside the final "
+        "scores of SimPLe and SPR; the last row is the paper's TWM.", label="Table 2",
     )
 
 
-def _interval_cell(iv: Interval, with_ci: bool) -> str:
-    return f"{iv.point:.3f} ({iv.lo:.3f}–{iv.hi:.3f})" if with_ci else f"{iv.point:.3f}"
+def _interval_cell(iv: Interval) -> str:
+    return f"{iv.point:.3f}" if iv.lo is None else f"{iv.point:.3f} ({iv.lo:.3f}–{iv.hi:.3f})"
 
 
 def aggregate_table(
     intervals: dict[str, dict[str, Interval]], runs: dict[str, int], above_human: dict[str, int],
     caption: str = "Aggregate human-normalised metrics with 95% stratified bootstrap CIs",
-    poi: dict[str, Interval] | None = None,
+    poi: dict[str, Interval] | None = None, poi_column: str = "P(improve over base)",
 ) -> Table:
-    """One row per method: median, IQM, mean, optimality gap (point and CI), runs per game, games >= human."""
-    rows, notes = {}, []
+    """One row per method: median, IQM, mean, optimality gap (point and CI), runs per game, games >= human.
+
+    Per-game means (1 run per game) show median and mean without CI and n/a for IQM and optimality gap."""
+    rows, per_game = {}, []
     for name, ivs in intervals.items():
-        with_ci = runs[name] > 1
-        row = {METRIC_LABELS[m]: _interval_cell(ivs[m], with_ci) for m in METRICS}
+        row = {METRIC_LABELS[m]: _interval_cell(ivs[m]) if m in ivs else "n/a" for m in METRICS}
         row["Runs/game"] = str(runs[name])
         row["Games ≥ human"] = str(above_human[name])
         if poi is not None:
-            row["P(improve over base)"] = _interval_cell(poi[name], True) if name in poi else "–"
+            row[poi_column] = _interval_cell(poi[name]) if name in poi else "–"
         rows[name] = row
-        if not with_ci:
-            notes.append(f"{name}: per-game means only, no CIs.")
+        if runs[name] < 2:
+            per_game.append(name)
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "Method"
+    notes = [f"{', '.join(per_game)}: per-game means only (1 run per game): median and mean without CI; IQM and "
+             "optimality gap are run-level statistics, n/a."] if per_game else []
     return Table(frame, caption, notes=notes)
 
 

@@ -1,5 +1,5 @@
 """Draw the world-model figures of the paper (Fig. 2, 5, 6, 9-14) from plain numpy arrays; nothing is
-computed from a model here (that is `twm.inspect`). Figures are saved as PNG and SVG, the side-by-side
+computed from a model here (that is `twm.inspection`). Figures are saved as PNG and SVG, the side-by-side
 rollout as a GIF (matplotlib's PillowWriter; MP4 would need ffmpeg)."""
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import animation  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from analysis.figures import save  # noqa: E402
 
@@ -120,11 +123,13 @@ def attention_map(raw: np.ndarray, rollout: np.ndarray, outside: np.ndarray, kin
 
     raw, rollout (L, W) (NaN = no token yet), outside (L,) rollout mass on tokens older than the window
     (the grey column at the left). Intensity is each row divided by its maximum over the tokens other than
-    the current a token (clipped to 1); colour is the modality."""
+    the current a token (clipped to 1); colour is the modality. Each panel has a colour bar of that intensity
+    and the figure a legend of the modality colours."""
     colors = _token_colors(kinds, token_rewards)
     L, W = raw.shape
     names = _token_names(kinds)
-    fig, axes = plt.subplots(2, 1, figsize=(max(5.0, 0.19 * (W + 1) + 1.5), 0.32 * 2 * L + 2.2))
+    fig, axes = plt.subplots(2, 1, figsize=(max(5.0, 0.19 * (W + 1) + 2.3), 0.32 * 2 * L + 2.8))
+    intensity_map = LinearSegmentedColormap.from_list("intensity", ["black", "white"])
     panels = (("raw attention (head mean)", raw, np.zeros(L)), ("attention rollout", rollout, outside))
     for ax, (name, values, older) in zip(axes, panels, strict=True):
         v = np.nan_to_num(np.concatenate([older[:, None], values], 1))  # (L, W+1)
@@ -137,9 +142,17 @@ def attention_map(raw: np.ndarray, rollout: np.ndarray, outside: np.ndarray, kin
         ax.set_xticks(range(W + 1), ["older"] + names, rotation=90, fontsize=5)
         ax.set_title(name + (f"   (mass on older tokens, last layer: {older[-1]:.2f})" if older.any() else ""),
                      fontsize=8)
+        bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), intensity_map), ax=ax, fraction=0.04, pad=0.02,
+                           ticks=[0.0, 0.5, 1.0])
+        bar.set_label("attention / row max\n(other tokens)", fontsize=6)
+        bar.ax.tick_params(labelsize=6)
+    legend = [Patch(color=Z_COLOR, label="z"), Patch(color=A_COLOR, label="a"),
+              Patch(color=R_POSITIVE, label="r ≥ 0.1"), Patch(color=R_NEGATIVE, label="r ≤ −0.1"),
+              Patch(facecolor=R_ZERO, edgecolor="0.5", label="|r| < 0.1"), Patch(color=OUTSIDE_COLOR, label="older")]
+    fig.legend(handles=legend, loc="lower center", ncols=len(legend), fontsize=6, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 

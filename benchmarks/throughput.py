@@ -33,10 +33,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from policy_fps import environment_record, real_frames  # noqa: E402
 
-from twm.agent import Agent, eval_mode  # noqa: E402
+from twm.agent import Agent  # noqa: E402
 from twm.config import Config, paper  # noqa: E402
 from twm.envs import make_env, num_actions  # noqa: E402
-from twm.imagination import imagine  # noqa: E402
 from twm.replay import ReplayBuffer  # noqa: E402
 from twm.schedule import compute_budget  # noqa: E402
 
@@ -162,14 +161,9 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
     steps["imagination (K/V cache)"], trajectory = timed(lambda: agent.imagine_trajectory(start, restart),
                                                          args.reps, device)
     steps["imagination (layer-input XL)"], _ = timed(
-        lambda: agent.imagine_trajectory(start, restart, kv_cache=False), args.reps, device)
-    vanilla = bench.with_overrides({"dyn.imagination_memory": "vanilla"})
-
-    def imagine_vanilla():
-        with eval_mode(agent.dyn_model, agent.actor):
-            return imagine(agent.dyn_model, agent.actor, start, restart, vanilla, kv_cache=False)
-
-    steps["imagination (vanilla)"], _ = timed(imagine_vanilla, args.reps, device)
+        lambda: agent.imagine_trajectory(start, restart, memory="layer_inputs"), args.reps, device)
+    steps["imagination (vanilla)"], _ = timed(lambda: agent.imagine_trajectory(start, restart, memory="vanilla"),
+                                              args.reps, device)
     steps["actor-critic update"], _ = timed(lambda: agent.ac_update(trajectory), args.reps, device)
 
     # Pretraining steps (spec §10.2): phi on N*L frames, psi and actor-critic on cached logits.

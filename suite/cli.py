@@ -42,6 +42,7 @@ class ArgumentParser(argparse.ArgumentParser):
 DELEGATED_VERBS = {
     "report": ("analysis.cli", "the paper's tables and figures for a grid (analysis.cli)"),
     "compare": ("analysis.cli", "compare grids/variants with baselines (analysis.cli)"),
+    "baselines": ("analysis.cli", "the published per-run scores shipped in the package (analysis.cli)"),
     "figures": ("suite.figures", "world-model figures from a checkpoint or run directory (suite.figures)"),
 }
 

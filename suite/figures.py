@@ -3,7 +3,8 @@
 Imagined trajectories (Fig. 5/9), several samples from one start next to the real frames (Fig. 12), a long
 rollout (Fig. 13), attention maps for one step and averaged (Fig. 6/10/11), frame-stack reconstructions
 (Fig. 14), balanced sampling (Fig. 2) and a GIF of an imagined rollout next to the real one. The data come
-from `twm.inspect` (torch), the drawing from `analysis.wm_figures` (matplotlib)."""
+from `twm.inspection` (torch), the attention rollout from `analysis.attention` and the drawing from
+`analysis.wm_figures` (numpy, matplotlib)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def run_figures(args: argparse.Namespace) -> int:
     """Load, imagine, draw; prints every written file. Exit 2 with a one-line error on bad input."""
     try:
         _check(args)
-        from twm.inspect import load_run
+        from twm.inspection import load_run
 
         run = load_run(args.checkpoint, args.device)
     except (CheckpointError, ValueError) as err:
@@ -60,7 +61,8 @@ def run_figures(args: argparse.Namespace) -> int:
     import torch
 
     from analysis import wm_figures as wf
-    from twm import inspect as ti
+    from analysis.attention import attention_maps
+    from twm import inspection as ti
 
     threads = args.threads or run.config.runtime.threads
     if threads > 0:
@@ -107,7 +109,7 @@ def run_figures(args: argparse.Namespace) -> int:
         bar.set_postfix_str(steps[2])
         memory = cfg.dyn.memory_length
         attended = ti.imagine(run, start, memory + args.attention_steps, attention=True, seed=args.seed + 3)
-        maps = attended.attention
+        maps = attention_maps(attended.attention, run.agent.dyn_model.tokens_per_step, memory)
         written += wf.save(wf.attention_map(
             maps["raw"][-1, 0], maps["rollout"][-1, 0], maps["outside"][-1, 0], maps["kinds"],
             maps["token_rewards"][-1, 0], f"Attention at imagined step {attended.actions.shape[1]} ({where})"),

@@ -30,6 +30,7 @@ class Grid:
     name: str
     description: str
     source: str  # where in the paper the grid comes from
+    figure: str  # the paper figure (or table) the grid reproduces; reports label the grid's figures with it
     preset: str
     games: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -89,8 +90,8 @@ def get_grid(name: str) -> Grid:
     if raw is None:
         raise GridError(f"unknown grid {name!r}; grids are: {', '.join(grid_names())}")
     games = tuple(GAMES) if raw["games"] == "all" else tuple(raw["games"])
-    return Grid(name=name, description=raw["description"], source=raw["source"], preset=raw["preset"],
-                games=games, seeds=tuple(raw["seeds"]), variants=dict(raw["variants"]))
+    return Grid(name=name, description=raw["description"], source=raw["source"], figure=raw["figure"],
+                preset=raw["preset"], games=games, seeds=tuple(raw["seeds"]), variants=dict(raw["variants"]))
 
 
 def parse_games(text: str) -> tuple[str, ...]:

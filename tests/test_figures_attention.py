@@ -1,27 +1,24 @@
-"""Attention capture and the mask-aware attention rollout of twm.inspect (spec §14), on constructed cases
-and a fresh smoke-sized model (no checkpoint needed)."""
+"""Attention capture (twm.inspection, the attention layers' own probabilities) and the mask-aware attention
+rollout of analysis.attention (spec §14), on constructed cases and a fresh smoke-sized model (no checkpoint)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from analysis.attention import attention_maps, attention_rollout, rollout_rows
 from twm.agent import Agent
 from twm.config import smoke
 from twm.dynamics_model import attention_mask
-from twm.imagination import Imagination
-from twm.inspect import (
-    AttentionRecorder,
-    LoadedRun,
-    attention_output,
-    attention_rollout,
-    imagine,
-    rollout_rows,
-)
+from twm.inspection import LoadedRun, imagine
 from twm.replay import ReplayBuffer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _causal(n: int) -> np.ndarray:
@@ -84,28 +81,40 @@ def _fresh_run(size: int = 40) -> LoadedRun:
                      env_step=size)
 
 
-@pytest.mark.parametrize("memory", ["vanilla", "xl"])
-def test_recomputed_probabilities_reproduce_each_layers_output(memory):
+@pytest.mark.parametrize("training", [False, True])
+def test_returned_probabilities_are_the_ones_the_layer_applies(training):
+    """need_weights gives the probabilities the layer's output is made of: out_proj(probs @ values) is the
+    output (in training with dropout 0 on the kept probabilities' path), rows sum to 1, masked keys get 0,
+    and the fused kernel (no probabilities) gives the same output."""
     run = _fresh_run()
     dyn = run.agent.dyn_model
-    latent = run.config.obs.num_categoricals * run.config.obs.num_classes
-    world = Imagination(dyn, memory)
-    z = torch.nn.functional.one_hot(torch.randint(8, (3, 8)), 8).float().flatten(1)  # (3, C*K)
-    a = torch.tensor([0, 1, 2])
-    with torch.no_grad(), AttentionRecorder(dyn) as recorder:
-        world.reset(z, a, torch.zeros(3, dtype=torch.bool))
-        for step in range(6):
-            world.step(torch.randn(3), torch.rand(3, latent).round(), torch.tensor([step % 4] * 3))
-            world.end_step(torch.tensor([False, step == 2, False]))
-            probs = recorder.probs()
-            assert len(probs) == run.config.dyn.num_layers
-            for module, p, inputs, output in zip(recorder.modules, probs, recorder.inputs, recorder.outputs,
-                                                 strict=True):
-                torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
-                assert torch.all(p.masked_fill(inputs["mask"][:, None], 0.0) == p)  # no mass on masked keys
-                torch.testing.assert_close(attention_output(module, p, inputs["x"], inputs["memory"],
-                                                                   inputs.get("cache")), output)
-    assert all(not m._forward_pre_hooks for m in recorder.modules)  # hooks removed
+    attn, txl = dyn.transformer.layers[0].self_attn, dyn.transformer
+    B, S, D = 3, 11, run.config.dyn.embed_dim
+    x = torch.randn(B, S, D)
+    stop = torch.tensor([[False, True, False]] * B)
+    mask = attention_mask(S, S, dyn.tokens_per_step, run.config.dyn.memory_length, stop)
+    rel = txl.sinusoids[:S]
+    attn.train(training)
+    attn.dropout.p = 0.0  # deterministic in training mode too
+    with torch.no_grad():
+        out, probs = attn(x, rel, txl.u, txl.v, mask, need_weights=True)
+        fused, _ = attn(x, rel, txl.u, txl.v, mask)
+        values = attn.qkv_proj(x).chunk(3, -1)[2].reshape(B, S, attn.num_heads, -1).transpose(1, 2)
+    torch.testing.assert_close(attn.out_proj((probs @ values).transpose(1, 2).reshape(B, S, D)), out)
+    torch.testing.assert_close(fused, out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(B, attn.num_heads, S))
+    assert torch.all(probs.masked_fill(~mask[:, None], 0.0) == 0.0)
+
+
+def test_attention_rollout_maths_imports_without_torch():
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'twm'):\n"
+            "            raise ImportError(name + ' is blocked')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "import analysis.attention\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""})
 
 
 def test_attention_maps_of_an_imagined_trajectory_are_distributions_over_the_window():
@@ -113,7 +122,7 @@ def test_attention_maps_of_an_imagined_trajectory_are_distributions_over_the_win
     memory, P = run.config.dyn.memory_length, 3
     steps = memory + 3
     rollout = imagine(run, start=5, horizon=steps, samples=2, attention=True)
-    maps = rollout.attention
+    maps = attention_maps(rollout.attention, P, memory)
     W = (memory + 1) * P + 1  # what the current a token sees directly: a, r of step t-m-1, m steps, z, a
     assert maps["raw"].shape == (steps, 2, run.config.dyn.num_layers, W)
     np.testing.assert_array_equal(maps["kinds"], [1, 2] + [0, 1, 2] * memory + [0, 1])

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analysis.attention import attention_maps
+from analysis.wm_figures import side_by_side_gif
 from suite.cli import main as suite_main
 from suite.figures import main
 from twm.checkpoint import list_checkpoints
-from twm.inspect import choose_start, imagine, load_run, real_segment, simulate_sampling
+from twm.inspection import choose_start, imagine, load_run, real_segment, simulate_sampling
 
 FIGURES = ["imagined_trajectory", "imagined_samples", "long_rollout", "attention_step", "attention_average",
            "frame_stacks", "balanced_sampling"]
@@ -54,33 +56,59 @@ def test_each_figure_is_written_and_not_blank(figures, stem):
     assert image.std() > 10.0  # not a blank canvas
 
 
-def test_side_by_side_gif_animates_real_next_to_imagined(figures):
+def test_side_by_side_gif_of_the_run_has_one_frame_per_step(figures):
     code, out = figures
     gif = Image.open(out / "imagined_vs_real.gif")
     assert gif.n_frames == 11  # the start state and 10 imagined steps
-    frames = []
-    for i in (0, gif.n_frames - 1):
-        gif.seek(i)
-        frames.append(np.asarray(gif.convert("L"), dtype=np.float64))
-    assert frames[0].shape[1] > frames[0].shape[0] > 100  # two panels side by side
-    assert frames[0].std() > 10.0
-    assert np.abs(frames[0] - frames[1]).mean() > 0.0  # it moves
 
 
-def test_imagination_uses_the_buffers_start_and_given_actions(run_dir):
+def _bar_x(panel: np.ndarray) -> float:
+    """Mean column of the bright pixels inside the image of one GIF panel (the mostly dark block; the titles'
+    text is dark too, but thin)."""
+    dark = panel < 60
+    rows = np.flatnonzero(dark.mean(1) > 0.3)
+    cols = np.flatnonzero(dark[rows].mean(0) > 0.3)
+    image = panel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return float(np.flatnonzero((image > 200).any(0)).mean())
+
+
+def test_side_by_side_gif_shows_the_real_frames_left_and_the_imagined_right(tmp_path):
+    T = 6
+    real = np.zeros((T, 64, 64))
+    imagined = np.zeros((T, 64, 64))
+    for t in range(T):
+        real[t, 20:44, 4 + 10 * t:10 + 10 * t] = 1.0  # a bar moving right
+        imagined[t, 20:44, 40:46] = 1.0  # a bar standing still
+    gif = Image.open(side_by_side_gif(real, imagined, tmp_path / "g.gif", np.linspace(-1, 1, T - 1)))
+    assert gif.n_frames == T
+    left, right = [], []
+    for t in range(T):
+        gif.seek(t)
+        frame = np.asarray(gif.convert("L"), dtype=np.float64)
+        half = frame.shape[1] // 2
+        left.append(_bar_x(frame[:, :half]))
+        right.append(_bar_x(frame[:, half:]))
+    assert all(b > a for a, b in zip(left, left[1:], strict=False))  # frame t shows real[t] on the left
+    assert max(right) - min(right) <= 1.0  # and imagined[t] (standing still) on the right
+
+
+def test_imagination_shares_one_start_and_plays_the_given_actions(run_dir):
     run = load_run(run_dir)
     assert run.game == "Breakout" and run.env_step == run.buffer.size == 520
     start = choose_start(run.buffer, 8, np.random.default_rng(0))
     real = real_segment(run, start, 8)
     assert not real.dones.any() and len(real.actions) == 8
     np.testing.assert_allclose(real.stacks[0], run.buffer.obs[start].numpy() / 255.0)
-    rollout = imagine(run, start, 8, samples=2, actions=real.actions, seed=1)
-    assert rollout.stacks.shape == (2, 9, 4, 64, 64)
-    np.testing.assert_array_equal(rollout.actions, np.stack([real.actions] * 2))
-    assert 0.0 <= rollout.stacks.min() and rollout.stacks.max() <= 1.0
-    np.testing.assert_array_equal(rollout.stacks[0, 0], rollout.stacks[1, 0])  # one shared start state
-    again = imagine(run, start, 8, samples=2, actions=real.actions, seed=1)
+    rollout = imagine(run, start, 8, samples=3, actions=real.actions, seed=1)
+    assert rollout.stacks.shape == (3, 9, 4, 64, 64)
+    np.testing.assert_array_equal(rollout.actions, np.stack([real.actions] * 3))
+    assert (rollout.stacks[:, 0] == rollout.stacks[0, 0]).all()  # one shared start state ...
+    assert np.abs(rollout.stacks[1:, -1] - rollout.stacks[0, -1]).max() > 0  # ... then independent samples
+    again = imagine(run, start, 8, samples=3, actions=real.actions, seed=1)
     np.testing.assert_array_equal(rollout.stacks, again.stacks)  # seeded
+    other_actions = imagine(run, start, 8, samples=3, actions=(real.actions + 1) % run.agent.num_actions, seed=1)
+    np.testing.assert_array_equal(other_actions.stacks[:, 0], rollout.stacks[:, 0])  # same start and draws ...
+    assert np.abs(other_actions.stacks[:, 1:] - rollout.stacks[:, 1:]).max() > 0  # ... the actions steer it
 
 
 def test_long_rollouts_beyond_the_position_table(run_dir):
@@ -89,7 +117,8 @@ def test_long_rollouts_beyond_the_position_table(run_dir):
     steps = table // 3 + 10  # more tokens than the initial relative-position table
     rollout = imagine(run, 1, steps, attention=True)
     assert rollout.frames.shape == (1, steps + 1, 64, 64)
-    assert np.isfinite(rollout.attention["rollout"][-1]).all()
+    maps = attention_maps(rollout.attention, run.agent.dyn_model.tokens_per_step, run.config.dyn.memory_length)
+    assert np.isfinite(maps["rollout"][-1]).all()
 
 
 def test_balanced_sampling_spreads_selections_more_evenly_than_uniform():

@@ -97,27 +97,43 @@ def test_decoder_loss_is_normal_nll_summed_over_pixels():
     assert decoder_loss(o, mean).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_dynamics_loss_matches_hand_computation():
+def test_dynamics_loss_matches_hand_computation_with_a_truncation_and_a_termination():
     cfg = smoke()
-    # B=1, T=2, 1 categorical of 2 classes.
-    pred = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]]]])
-    target = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])
-    reward_mean = torch.tensor([[0.5, -0.2]])
-    rewards = torch.tensor([[1.0, 0.0]])
-    discount_logit = torch.tensor([[0.3, -1.0]])
-    terminated = torch.tensor([[False, True]])
-    dones = torch.tensor([[False, True]])
-    ce0 = -(target[0, 0, 0].softmax(-1) * pred[0, 0, 0].log_softmax(-1)).sum()
-    latent = ce0  # the second step is weighted 0 (NOT d)
+    # B=1, T=3, 1 categorical of 2 classes. Step 1 is truncated (an episode end, but the discount target stays
+    # 0.99), step 2 terminated (target 0); both are latent-weight 0 (the next observation starts an episode).
+    pred = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]], [[0.5, 0.2]]]])
+    target = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]], [[1.0, 3.0]]]])
+    reward_mean = torch.tensor([[0.5, -0.2, 0.1]])
+    rewards = torch.tensor([[1.0, 0.0, -0.5]])
+    discount_logit = torch.tensor([[0.3, -1.0, 2.0]])
+    terminated = torch.tensor([[False, False, True]])
+    truncated = torch.tensor([[False, True, False]])
+    dones = terminated | truncated
+    latent = -(target[0, 0, 0].softmax(-1) * pred[0, 0, 0].log_softmax(-1)).sum()  # only step 0 has weight 1
     c = 0.5 * math.log(2 * math.pi)
-    reward = 10 * ((0.5 * 0.25 + c) + (0.5 * 0.04 + c)) / 2
+    reward = 10 * ((0.5 * 0.25 + c) + (0.5 * 0.04 + c) + (0.5 * 0.36 + c)) / 3
 
     def bce(x, y):
         return -(y * math.log(1 / (1 + math.exp(-x))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
 
-    discount = 50 * (bce(0.3, 0.99) + bce(-1.0, 0.0)) / 2
+    discount = 50 * (bce(0.3, 0.99) + bce(-1.0, 0.99) + bce(2.0, 0.0)) / 3
     out = dynamics_loss(pred, reward_mean, discount_logit, target, rewards, terminated, dones, cfg)
     assert out["dyn/latent_loss"].item() == pytest.approx(latent.item(), rel=1e-5)
     assert out["dyn/reward_loss"].item() == pytest.approx(reward, rel=1e-5)
     assert out["dyn/discount_loss"].item() == pytest.approx(discount, rel=1e-5)
     assert out["dyn/loss"].item() == pytest.approx(latent.item() + reward + discount, rel=1e-5)
+    swapped = dynamics_loss(pred, reward_mean, discount_logit, target, rewards, dones, terminated, cfg)
+    assert swapped["dyn/discount_loss"].item() != pytest.approx(discount, rel=1e-3)  # the flags are not alike
+
+
+def test_dynamics_loss_without_latent_term_gives_the_latent_head_no_gradient():
+    """dyn.latent_coef 0 is the released loss (spec §4.6): reward + discount only, nothing reaches the head."""
+    cfg = smoke().with_overrides({"dyn.latent_coef": 0.0})
+    pred = torch.randn(2, 3, 4, 5, requires_grad=True)
+    reward_mean = torch.randn(2, 3, requires_grad=True)
+    flags = torch.zeros(2, 3, dtype=torch.bool)
+    out = dynamics_loss(pred, reward_mean, torch.randn(2, 3), torch.randn(2, 3, 4, 5), torch.randn(2, 3), flags,
+                        flags, cfg)
+    assert out["dyn/latent_loss"].item() == 0.0
+    out["dyn/loss"].backward()
+    assert pred.grad is None and reward_mean.grad is not None

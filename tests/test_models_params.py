@@ -55,3 +55,13 @@ def test_agent_param_counts_total_at_a_18():
         agent = Agent(paper(), 18, device="meta")
     assert agent.param_counts() == {"observation": 8_234_532, "dynamics": 10_782_466, "actor": 1_322_002,
                                     "critic": 1_313_281, "total": 21_652_281}
+
+
+def test_decoder_output_bias_keeps_pytorch_default_init():
+    """The released decoder's final ConvTranspose2d bias stays at PyTorch's default U(+-1/sqrt(fan_in)): its
+    0.5 init only touches Linear and Conv2d (spec §3)."""
+    torch.manual_seed(0)
+    final = ObservationModel(paper()).decoder[-1]
+    fan_in = final.weight.shape[1] * final.weight[0, 0].numel()  # PyTorch's fan_in of a transposed conv
+    assert final.bias.abs().max().item() <= 1 / fan_in ** 0.5
+    assert final.bias.std().item() > 0  # drawn, not a constant

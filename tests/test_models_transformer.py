@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from twm.actor_critic import Actor
+from twm.actor_critic import Actor, sample_action
 from twm.config import smoke
 from twm.dynamics_model import DynamicsModel, TransformerXL, attention_mask, sinusoid_table
-from twm.imagination import Imagination, StartStates, imagine
+from twm.imagination import MEMORY_KINDS, Imagination, RestartPool, StartStates, Trajectory, imagine
 from twm.observation_model import sample_latent
 
 A = 5
@@ -31,27 +31,43 @@ def random_window(model: DynamicsModel, B: int, T: int, stop_at: int | None = No
     return z, a, r, stop
 
 
-def stepwise_hidden(model: DynamicsModel, z, a, r, stop, memory: str) -> torch.Tensor:
-    """h_0..h_T by feeding one step at a time through `Imagination` (XL memory or vanilla recompute)."""
-    world = Imagination(model, memory)
-    hs = [world.reset(z[:, 0], a[:, 0], stop[:, 0])]
-    for t in range(1, z.shape[1]):
-        hs.append(world.step(r[:, t - 1], z[:, t], a[:, t]))
-        if t < stop.shape[1]:
-            world.end_step(stop[:, t])
-    return torch.stack(hs, 1)
+def starts(model: DynamicsModel, M: int, g: torch.Generator) -> StartStates:
+    C, K = model.num_categoricals, model.num_classes
+    return StartStates(z_context=sample_latent(torch.randn(M, C, K, generator=g)),
+                       a_context=torch.randint(A, (M,), generator=g), r_context=torch.randn(M, generator=g),
+                       d_context=torch.tensor([True, False] * (M // 2)),
+                       z=sample_latent(torch.randn(M, C, K, generator=g)))
+
+
+def rollout(model: DynamicsModel, config, start: StartStates, memory: str, seed: int = 123) -> Trajectory:
+    """An imagined trajectory with a fresh actor, restarts from a random pool, under a fixed RNG seed."""
+    torch.manual_seed(seed)
+    C, K = model.num_categoricals, model.num_classes
+    actor = Actor(config, A)
+    world = Imagination(model, config, RestartPool(torch.randn(4, C, K)), memory=memory)
+    return imagine(world, lambda x: sample_action(actor(x)), start, config.ac.horizon, config.ac.input_h)
 
 
 @pytest.mark.parametrize("input_rewards", [True, False])
-@pytest.mark.parametrize("memory", ["xl", "vanilla"])
+@pytest.mark.parametrize("memory", MEMORY_KINDS)
 @torch.no_grad()
-def test_stepwise_with_memory_equals_full_pass_with_stops(input_rewards, memory):
+def test_imagined_hidden_states_equal_a_full_pass_over_the_imagined_window(input_rewards, memory):
+    # 7 steps > memory_length 4: the layer-input memory drops tokens and the sliding window binds; a threshold
+    # of 0.6 makes the cumulative discount (initial gamma_hat ~0.73) end episodes, so stops matter too.
+    cfg = smoke().with_overrides({"dyn.input_rewards": input_rewards, "ac.horizon": 7,
+                                  "dyn.discount_threshold": 0.6})
     model = make_model(**{"dyn.input_rewards": input_rewards})
-    T = 7  # longer than memory_length = 4: the XL memory drops tokens and the sliding window binds
-    z, a, r, stop = random_window(model, 3, T, stop_at=2)
-    full = model(z, a, r, stop)
-    step = stepwise_hidden(model, z, a, r, stop, memory)
-    assert (full - step).abs().max().item() <= 1e-5
+    start = starts(model, 4, torch.Generator().manual_seed(0))
+    traj = rollout(model, cfg, start, memory)
+    assert traj.dones.any() and not traj.dones.all()
+    H = cfg.ac.horizon
+    # The window the imagination walked: the context step, then imagined steps 0..H-1 (the last one current).
+    z = torch.cat([start.z_context[:, None], traj.z[:, :H]], 1)
+    a = torch.cat([start.a_context[:, None], traj.actions], 1)
+    r = torch.cat([start.r_context[:, None], traj.rewards[:, :H - 1]], 1)
+    stop = torch.cat([start.d_context[:, None], traj.dones[:, :H - 1]], 1)
+    full = model(z, a, r, stop)  # (M, H+1, D): h_context, h_0 .. h_{H-1}
+    assert (full - traj.h).abs().max().item() <= 1e-5
 
 
 @torch.no_grad()
@@ -104,8 +120,18 @@ def test_relative_position_uses_distance_p_minus_j_and_scale_one_over_sqrt_d_mod
             out[p, sl] = scores.softmax(0) @ v[: p + 1, sl]
     causal = torch.ones(S, S, dtype=torch.bool).triu(1)[None]
     with torch.no_grad():
-        got = attn(x, None, sinusoid_table(16, D)[:S], txl.u, txl.v, causal)
+        got, probs = attn(x, sinusoid_table(16, D)[:S], txl.u, txl.v, causal, need_weights=True)
+        fused, none = attn(x, sinusoid_table(16, D)[:S], txl.u, txl.v, causal)
     torch.testing.assert_close(got[0], attn.out_proj(out), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused, got, atol=1e-5, rtol=0)
+    assert none is None
+    for p in range(S):  # the returned probabilities are the hand-computed softmax rows
+        for h in range(H):
+            sl = slice(h * dh, (h + 1) * dh)
+            scores = torch.stack([((q[p, sl] + txl.u[h]) @ k[j, sl] + (q[p, sl] + txl.v[h]) @ R[p - j, sl])
+                                  for j in range(p + 1)]) / math.sqrt(D)
+            torch.testing.assert_close(probs[0, h, p, :p + 1], scores.softmax(0), atol=1e-6, rtol=0)
+            assert torch.all(probs[0, h, p, p + 1:] == 0)
 
 
 def test_post_layer_norm_and_shared_u_v():
@@ -119,28 +145,19 @@ def test_post_layer_norm_and_shared_u_v():
     with torch.no_grad():
         layer.norm2.weight.fill_(1.0)
         layer.norm2.bias.zero_()
-        out = layer(torch.randn(2, 5, 32) * 7 + 3, None, sinusoid_table(5, 32), txl.u, txl.v,
-                    torch.zeros(1, 5, 5, dtype=torch.bool))
+        out, _ = layer(torch.randn(2, 5, 32) * 7 + 3, sinusoid_table(5, 32), txl.u, txl.v,
+                       torch.zeros(1, 5, 5, dtype=torch.bool))
     torch.testing.assert_close(out.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
     assert isinstance(layer.norm1, nn.LayerNorm)
 
 
-def test_vanilla_and_xl_imagination_give_the_same_hidden_states():
+@pytest.mark.parametrize("memory", ["layer_inputs", "vanilla"])
+def test_every_imagination_memory_gives_the_kv_cache_trajectory(memory):
     cfg = smoke().with_overrides({"ac.horizon": 8, "dyn.discount_threshold": 0.5})
-    torch.manual_seed(0)
-    model = DynamicsModel(cfg, A).eval()
-    actor = Actor(cfg, A)
-    C, K = cfg.obs.num_categoricals, cfg.obs.num_classes
-    M = 6
-    start = StartStates(z_context=sample_latent(torch.randn(M, C, K)), a_context=torch.randint(A, (M,)),
-                        r_context=torch.randn(M), d_context=torch.tensor([True, False] * 3),
-                        z=sample_latent(torch.randn(M, C, K)))
-    pool = torch.randn(4, C, K)
-    out = {}
-    for memory in ("xl", "vanilla"):
-        torch.manual_seed(123)
-        out[memory] = imagine(model, actor, start, pool, cfg.with_overrides({"dyn.imagination_memory": memory}))
-    xl, vanilla = out["xl"], out["vanilla"]
-    assert xl.dones.any()  # restarts happened, so the stop mask mattered
-    assert (xl.h - vanilla.h).abs().max().item() <= 1e-5
-    assert torch.equal(xl.z, vanilla.z) and torch.equal(xl.actions, vanilla.actions)
+    model = make_model()
+    start = starts(model, 6, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        kv, other = rollout(model, cfg, start, "kv_cache"), rollout(model, cfg, start, memory)
+    assert kv.dones.any()  # restarts happened, so the stop mask mattered
+    assert (kv.h - other.h).abs().max().item() <= 1e-5
+    assert torch.equal(kv.z, other.z) and torch.equal(kv.actions, other.actions)

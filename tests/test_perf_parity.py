@@ -1,17 +1,15 @@
 """Speed work against the plain fp32 eager path on fixed inputs (issue 5): the K/V cache, fused attention
 with the relative-position bias, fused Adam with coupled L2 decay, and (GPU only) sync-free steps."""
 
-import copy
-
 import pytest
 import torch
 
-from twm.actor_critic import Actor
+from twm.actor_critic import Actor, sample_action
 from twm.agent import Agent
 from twm.config import paper, smoke
 from twm.dynamics_model import DynamicsModel
-from twm.imagination import Imagination, StartStates, imagine
-from twm.observation_model import sample_latent
+from twm.imagination import Imagination, RestartPool, StartStates, Trajectory, imagine
+from twm.observation_model import decoder_loss, sample_index, sample_latent
 
 A = 6
 
@@ -39,53 +37,58 @@ def random_starts(M: int, C: int = 32, K: int = 32) -> tuple[StartStates, torch.
     return start, torch.randn(64, C, K, generator=g)
 
 
-@torch.no_grad()
-def test_kv_cache_hidden_states_equal_layer_input_memory_and_vanilla():
-    dyn, _ = paper_dynamics()
-    start, _ = random_starts(8)
-    g = torch.Generator().manual_seed(2)
-    steps = [(torch.randn(8, generator=g), sample_latent(torch.randn(8, 32, 32, generator=g)),
-              torch.randint(A, (8,), generator=g), torch.rand(8, generator=g) < 0.15) for _ in range(15)]
-    hidden = {}
-    for name, world in (("kv", Imagination(dyn, "xl", kv_cache=True, steps=15)),
-                        ("inputs", Imagination(dyn, "xl", kv_cache=False)),
-                        ("vanilla", Imagination(dyn, "vanilla"))):
-        hs = [world.reset(start.z_context, start.a_context, start.d_context)]
-        for r, z, a, d in steps:
-            hs.append(world.step(r, z, a))
-            world.end_step(d)
-        hidden[name] = torch.stack(hs, 1)  # (M, 16, D)
-    assert (hidden["kv"] - hidden["inputs"]).abs().max().item() <= 1e-5
-    assert (hidden["kv"] - hidden["vanilla"]).abs().max().item() <= 1e-5
+def rollout(dyn: DynamicsModel, actor: Actor, start: StartStates, restart_logits: torch.Tensor, config,
+            memory: str, seed: int = 3) -> Trajectory:
+    torch.manual_seed(seed)
+    world = Imagination(dyn, config, RestartPool(restart_logits), memory=memory)
+    return imagine(world, lambda x: sample_action(actor(x)), start, config.ac.horizon, config.ac.input_h)
 
 
 def test_kv_cache_grows_past_its_preallocated_size():
-    dyn, _ = paper_dynamics()
-    world = Imagination(dyn, "xl", kv_cache=True, steps=1)
-    start, _ = random_starts(2)
+    dyn, actor = paper_dynamics()
+    start, restart_logits = random_starts(2)
+    short = parity_config().with_overrides({"ac.horizon": 1})  # the cache is sized for 1 step
+    steps = short.with_overrides({"ac.horizon": 3})
     with torch.no_grad():
-        world.reset(start.z_context, start.a_context, start.d_context)
-        for _ in range(3):
-            world.step(start.r_context, start.z, start.a_context)
-            world.end_step(start.d_context)
-    assert world.cache.length == 2 + 3 * 3 and world.cache.capacity >= world.cache.length
+        world = Imagination(dyn, short, RestartPool(restart_logits))
+        torch.manual_seed(3)
+        grown = imagine(world, lambda x: sample_action(actor(x)), start, 3, False)
+        reference = rollout(dyn, actor, start, restart_logits, steps, "vanilla")
+    assert world.past.length == 2 + 3 * 3 and world.past.capacity >= world.past.length
+    assert torch.equal(grown.z, reference.z)
+    assert (grown.h - reference.h).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("memory", ["vanilla", "inputs"])
+@pytest.mark.parametrize("memory", ["vanilla", "layer_inputs"])
 def test_imagined_trajectory_with_kv_cache_equals_reference_paths_under_fixed_rng(memory):
     dyn, actor = paper_dynamics()
     start, restart_logits = random_starts(16)
     config = parity_config()
-    torch.manual_seed(3)
-    kv = imagine(dyn, actor, start, restart_logits, config, kv_cache=True)
-    reference_config = config.with_overrides({"dyn.imagination_memory": "vanilla"}) if memory == "vanilla" \
-        else config
-    torch.manual_seed(3)
-    ref = imagine(dyn, actor, start, restart_logits, reference_config, kv_cache=False)
+    with torch.no_grad():
+        kv = rollout(dyn, actor, start, restart_logits, config, "kv_cache")
+        ref = rollout(dyn, actor, start, restart_logits, config, memory)
     assert torch.equal(kv.z, ref.z) and torch.equal(kv.actions, ref.actions)
     assert torch.equal(kv.dones, ref.dones)
     for name in ("h", "rewards", "discounts", "weights"):
         assert (getattr(kv, name) - getattr(ref, name)).abs().max().item() <= 1e-5, name
+
+
+@torch.no_grad()
+def test_kv_cache_attention_equals_the_last_rows_of_the_full_recompute():
+    dyn, actor = paper_dynamics()
+    start, restart_logits = random_starts(4)
+    config = parity_config().with_overrides({"ac.horizon": 4})
+    worlds = {}
+    for memory in ("kv_cache", "vanilla"):
+        torch.manual_seed(3)
+        worlds[memory] = Imagination(dyn, config, RestartPool(restart_logits), memory=memory, need_weights=True)
+        imagine(worlds[memory], lambda x: sample_action(actor(x)), start, 4, False)
+    for (cached, cached_mask), (full, full_mask) in zip(worlds["kv_cache"].attention, worlds["vanilla"].attention,
+                                                        strict=True):
+        T = cached[0].shape[2]  # 3 new tokens after the cache
+        assert torch.equal(cached_mask, full_mask[:, -T:])
+        for p_cached, p_full in zip(cached, full, strict=True):
+            assert (p_cached - p_full[:, :, -T:]).abs().max().item() <= 1e-6
 
 
 def window(dyn: DynamicsModel, B: int = 4, T: int = 16):
@@ -97,9 +100,8 @@ def window(dyn: DynamicsModel, B: int = 4, T: int = 16):
 
 def test_fused_attention_matches_materialised_attention_outputs_and_gradients():
     dyn, _ = paper_dynamics()
-    math_dyn = copy.deepcopy(dyn)
-    for layer in math_dyn.transformer.layers:
-        layer.self_attn.fused = False
+    math_dyn = DynamicsModel(parity_config(), A, fused_attention=False).eval()
+    math_dyn.load_state_dict(dyn.state_dict())
     z, a, r, stop = window(dyn)
     results = []
     for model in (dyn, math_dyn):
@@ -120,10 +122,10 @@ def test_fused_attention_applies_attention_dropout_in_training_only():
     attn = dyn.transformer.layers[0].self_attn
     x, rel = torch.randn(2, 5, 64), dyn.transformer.sinusoids[:5]
     mask = torch.zeros(2, 5, 5, dtype=torch.bool)
-    args = (x, None, rel, dyn.transformer.u, dyn.transformer.v, mask)
-    torch.testing.assert_close(attn(*args), attn(*args))  # eval: deterministic
+    args = (x, rel, dyn.transformer.u, dyn.transformer.v, mask)
+    torch.testing.assert_close(attn(*args)[0], attn(*args)[0])  # eval: deterministic
     attn.train()
-    assert not torch.allclose(attn(*args), attn(*args))  # training: dropout p=0.1 on the probabilities
+    assert not torch.allclose(attn(*args)[0], attn(*args)[0])  # training: dropout p=0.1 on the probabilities
 
 
 def test_fused_adam_step_equals_plain_adam_with_coupled_weight_decay():
@@ -189,19 +191,29 @@ def bf16_drift_batch(N: int, L: int):
                     obs=torch.randint(0, 256, (N, L + 2, 4, 64, 64), dtype=torch.uint8, generator=g))
 
 
-def test_bf16_autocast_world_model_losses_drift_little_from_fp32():
-    """Fidelity drift of the "bf16" switch on one world-model update from the same weights and RNG."""
-    losses = {}
+def test_bf16_autocast_world_model_pass_stays_close_to_fp32():
+    """Fidelity drift of the "bf16" switch on one world-model pass: same weights, same latent draws (replayed),
+    dropout off. The decoder term is compared as its squared error, without the ~15,000 constant of the NLL
+    (measured drift here: 8e-5 relative; losses <= 5e-5; h 6e-3 absolute)."""
+    batch = bf16_drift_batch(4, 4)
+    passes = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        agent = Agent(smoke().with_overrides({"runtime.precision": precision}), A)
-        o = agent._pixels(bf16_drift_batch(4, 4).obs)
-        torch.manual_seed(1)
-        metrics, loss, logits = agent._obs_losses(o[:, 1:5])
-        losses[precision] = (loss.item(), metrics["obs/decoder_loss"].item(), logits.softmax(-1))
-    (loss32, dec32, p32), (loss16, dec16, p16) = losses["fp32"], losses["bf16"]
-    assert abs(dec16 - dec32) / abs(dec32) < 1e-2 and abs(loss16 - loss32) / abs(loss32) < 1e-2
-    assert (p16 - p32).abs().max().item() < 0.05
+        agent = Agent(smoke().with_overrides({"runtime.precision": precision, "dyn.dropout": 0.0}), A)
+        if precision == "fp32":
+            logits = agent.encode_logits(batch.obs.flatten(0, 1)).unflatten(0, (4, 6))
+            z_index = sample_index(logits[:, :5])
+        wm = agent.world_model_pass(agent._on_device(batch), z_index)
+        o = agent._pixels(batch.obs[:, 1:5])
+        constant = decoder_loss(o, o)  # the NLL at zero error
+        passes[precision] = wm, (wm.metrics["obs/decoder_loss"] - constant).item()
+    (wm32, sse32), (wm16, sse16) = passes["fp32"], passes["bf16"]
+    assert abs(sse16 - sse32) <= 1e-3 * sse32
+    for name in ("dyn/latent_loss", "dyn/reward_loss", "dyn/discount_loss", "obs/consistency_loss"):
+        assert abs(wm16.metrics[name] - wm32.metrics[name]) <= 1e-3 * wm32.metrics[name].abs(), name
+    assert (wm16.decoded - wm32.decoded).abs().max().item() <= 5e-3
+    assert (wm16.logits.softmax(-1) - wm32.logits.softmax(-1)).abs().max().item() <= 5e-3
+    assert (wm16.h.float() - wm32.h).abs().max().item() <= 0.05
 
 
 def test_compile_switch_on_cpu_is_a_clear_error():

@@ -8,13 +8,14 @@ Tensors are batch-first: (B, tokens, D)."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from twm.config import Config, ConfigError
-from twm.kv_cache import KVCache
+from twm.kv_cache import KVCache, LayerKV
 from twm.observation_model import init_layer
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -58,86 +59,107 @@ class RelativeSelfAttention(nn.Module):
     """Multi-head self-attention with Transformer-XL relative positions: score = (q+u).k + (q+v).W_R R_{p-j},
     scaled by 1/sqrt(d_model) (the released code's scale, not 1/sqrt(d_head)).
 
-    With `fused` (default) the positional term and the mask become one additive float bias to PyTorch's
-    scaled_dot_product_attention (scale passed explicitly, attention dropout inside the kernel); otherwise
-    the probabilities are materialised and `self.dropout` applies to them (the released code's form)."""
+    `fused` (the default) passes the positional term and the mask to PyTorch's scaled_dot_product_attention
+    as one additive float bias (scale given explicitly, attention dropout inside the kernel). Otherwise, or
+    when the probabilities are asked for (`need_weights`), they are materialised and `self.dropout` applies
+    to them: the released code's form, and the one place attention scores are computed for figures."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, dropout: float, fused: bool = True):
         super().__init__()
         self.num_heads, self.head_dim, self.scale = num_heads, dim // num_heads, 1 / math.sqrt(dim)
         self.qkv_proj = nn.Linear(dim, 3 * dim, bias=False)
         self.pos_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.fused = True
+        self.fused = fused
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None, rel: torch.Tensor, u: torch.Tensor,
-                v: torch.Tensor, mask: torch.Tensor,
-                cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
-        """x (B, T, D) new tokens, memory (B, M, D) or None, rel (src, D) sinusoids of distances 0..src-1.
-        With `cache` (k buffer, v buffer, position) the new keys/values are written at the position and the
-        attention runs over every cached token (memory must be None)."""
+    def forward(self, x: torch.Tensor, rel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                past: torch.Tensor | LayerKV | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, D) new tokens; rel (S, D) sinusoids of distances 0..S-1; mask (B, T, S), True = blocked.
+        `past` is what precedes x: nothing (x is the whole window), the layer's cached inputs (B, M, D) (the
+        released layer-input memory), or the layer's K/V cache. Returns the output (B, T, D) and, with
+        need_weights, the post-softmax, pre-dropout probabilities (B, heads, T, S)."""
         B, T, D = x.shape
         heads = (self.num_heads, self.head_dim)
-        if cache is None:
-            src_in = x if memory is None else torch.cat([memory, x], 1)
-            S = src_in.shape[1]
-            q, k, val = self.qkv_proj(src_in).chunk(3, -1)
-            q = q[:, S - T:]
-            k = k.reshape(B, S, *heads).transpose(1, 2)  # (B, H, S, dh)
-            val = val.reshape(B, S, *heads).transpose(1, 2)
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, n, D) -> (B, heads, n, head_dim)
+            return t.reshape(B, t.shape[1], *heads).transpose(1, 2)
+
+        if isinstance(past, LayerKV):
+            q, k_new, v_new = (split(t) for t in self.qkv_proj(x).chunk(3, -1))
+            k, val = past.write(k_new, v_new)
         else:
-            k_buffer, v_buffer, start = cache  # (B, H, capacity, dh)
-            S = start + T
-            q, k_new, v_new = self.qkv_proj(x).chunk(3, -1)
-            k_buffer[:, :, start:S] = k_new.reshape(B, T, *heads).transpose(1, 2)
-            v_buffer[:, :, start:S] = v_new.reshape(B, T, *heads).transpose(1, 2)
-            k, val = k_buffer[:, :, :S], v_buffer[:, :, :S]
-        q = q.reshape(B, T, *heads).transpose(1, 2)  # (B, H, T, dh)
+            src_in = x if past is None else torch.cat([past, x], 1)
+            q, k, val = (split(t) for t in self.qkv_proj(src_in).chunk(3, -1))
+            q = q[:, :, -T:]
+        S = k.shape[2]  # the queries are the last T of the S source positions
         r = self.pos_proj(rel).reshape(S, *heads).transpose(0, 1)  # (H, S, dh), row = distance
         by_distance = (q + v[:, None]) @ r.transpose(-1, -2)  # (B, H, T, distance)
         distance = (torch.arange(S - T, S, device=x.device)[:, None]
                     - torch.arange(S, device=x.device)[None, :]).clamp(min=0)  # (T, S), future keys masked
         position = by_distance.gather(-1, distance.expand(B, self.num_heads, T, S))
-        if self.fused:
+        probs = None
+        if self.fused and not need_weights:
             bias = (position * self.scale).masked_fill(mask[:, None], float("-inf"))
             p = self.dropout.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q + u[:, None], k, val, attn_mask=bias, dropout_p=p,
                                                  scale=self.scale)
         else:
             content = (q + u[:, None]) @ k.transpose(-1, -2)  # (B, H, T, S)
-            scores = (content + position) * self.scale
-            scores = scores.masked_fill(mask[:, None], float("-inf"))
-            out = self.dropout(scores.softmax(-1)) @ val
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
+            scores = ((content + position) * self.scale).masked_fill(mask[:, None], float("-inf"))
+            probs = scores.softmax(-1)
+            out = self.dropout(probs) @ val
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, D)), probs if need_weights else None
 
 
 class TransformerXLLayer(nn.Module):
     """Post-LN layer: y = LN1(x + Drop(attn)); out = LN2(y + Drop(W2 Drop(SiLU(W1 y))))."""
 
-    def __init__(self, dim: int, num_heads: int, feedforward_dim: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, feedforward_dim: int, dropout: float, fused: bool = True):
         super().__init__()
-        self.self_attn = RelativeSelfAttention(dim, num_heads, dropout)
+        self.self_attn = RelativeSelfAttention(dim, num_heads, dropout, fused)
         self.linear1 = nn.Linear(dim, feedforward_dim)
         self.linear2 = nn.Linear(feedforward_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, memory, rel, u, v, mask, cache=None):
-        y = self.norm1(x + self.dropout(self.self_attn(x, memory, rel, u, v, mask, cache=cache)))
+    def forward(self, x: torch.Tensor, rel: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                past: torch.Tensor | LayerKV | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, probs = self.self_attn(x, rel, u, v, mask, past, need_weights)
+        y = self.norm1(x + self.dropout(attn))
         ff = self.dropout(self.linear2(self.dropout(F.silu(self.linear1(y)))))
-        return self.norm2(y + ff)
+        return self.norm2(y + ff), probs
+
+
+class TransformerOutput(NamedTuple):
+    """One pass: outputs (B, T, D); the new layer-input memory (per layer (B, <=memory_tokens, D), empty
+    unless asked); per-layer attention probabilities (B, heads, T, S) (empty unless asked); the mask."""
+
+    hidden: torch.Tensor
+    memory: list[torch.Tensor]
+    attention: list[torch.Tensor]
+    mask: torch.Tensor
+
+
+def source_length(past: list[torch.Tensor] | KVCache | None, new_tokens: int) -> int:
+    """Source positions a pass over `new_tokens` attends over (reserving room in a K/V cache)."""
+    if isinstance(past, KVCache):
+        return past.source_length(new_tokens)
+    return new_tokens + (0 if past is None else past[0].shape[1])
 
 
 class TransformerXL(nn.Module):
-    """Stack of layers with u, v shared across layers and a per-layer memory of cached layer inputs."""
+    """Stack of layers with u, v shared across layers, over new tokens after an optional past: nothing,
+    a K/V cache, or (the released form, kept for parity checks) a per-layer memory of cached layer inputs."""
 
     def __init__(self, dim: int, num_heads: int, feedforward_dim: int, num_layers: int, dropout: float,
-                 max_tokens: int):
+                 max_tokens: int, fused: bool = True):
         super().__init__()
         self.layers = nn.ModuleList(
-            [TransformerXLLayer(dim, num_heads, feedforward_dim, dropout) for _ in range(num_layers)])
+            [TransformerXLLayer(dim, num_heads, feedforward_dim, dropout, fused) for _ in range(num_layers)])
         self.u = nn.Parameter(torch.empty(num_heads, dim // num_heads))
         self.v = nn.Parameter(torch.empty(num_heads, dim // num_heads))
         nn.init.xavier_uniform_(self.u)
@@ -145,28 +167,32 @@ class TransformerXL(nn.Module):
         self.register_buffer("sinusoids", sinusoid_table(max_tokens, dim), persistent=False)
         self.pos_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, memory: list[torch.Tensor] | None = None,
-                memory_tokens: int = 0, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x (B, T, D), mask (B, T, src). Returns outputs (B, T, D) and the new memory: per layer, the
-        last memory_tokens of [old memory; layer input], detached. With a K/V `cache` the new tokens follow
-        the cached ones and are appended to it instead (no layer-input memory)."""
-        src = x.shape[1] + (0 if memory is None else memory[0].shape[1])
-        if cache is not None:
-            cache.reserve(x.shape[1])
-            src += cache.length
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: list[torch.Tensor] | KVCache | None = None,
+                memory_tokens: int = 0, need_weights: bool = False) -> TransformerOutput:
+        """x (B, T, D), mask (B, T, src) with src = `source_length(past, T)`. With layer-input memory, the new
+        memory of each layer is the last memory_tokens of [old memory; layer input], detached; with a K/V
+        cache the new keys and values are committed to it."""
+        T, src = x.shape[1], mask.shape[-1]
+        if src != source_length(past, T):
+            raise ValueError(f"mask over {src} source positions does not fit {T} new tokens after the past")
         if src > self.sinusoids.shape[0]:  # longer rollouts (vanilla recompute, long imagination)
-            self.sinusoids = sinusoid_table(2 * src, x.shape[-1]).to(x.device)
+            self.sinusoids = sinusoid_table(2 * src, x.shape[-1]).to(self.sinusoids)
         rel = self.pos_dropout(self.sinusoids[:src])
-        new_memory, out = [], x
+        new_memory, attention, out = [], [], x
         for i, layer in enumerate(self.layers):
-            mem_i = None if memory is None else memory[i]
-            if memory_tokens > 0:
-                cat = out if mem_i is None else torch.cat([mem_i, out], 1)
-                new_memory.append(cat[:, -memory_tokens:].detach())
-            out = layer(out, mem_i, rel, self.u, self.v, mask, cache=None if cache is None else cache.layer(i))
-        if cache is not None:
-            cache.length = src
-        return out, new_memory
+            if isinstance(past, KVCache):
+                layer_past = past.layer(i)
+            else:
+                layer_past = None if past is None else past[i]
+                if memory_tokens > 0:
+                    cat = out if layer_past is None else torch.cat([layer_past, out], 1)
+                    new_memory.append(cat[:, -memory_tokens:].detach())
+            out, probs = layer(out, rel, self.u, self.v, mask, layer_past, need_weights)
+            if need_weights:
+                attention.append(probs)
+        if isinstance(past, KVCache):
+            past.commit(T)
+        return TransformerOutput(out, new_memory, attention, mask)
 
 
 # ---------------------------------------------------------------------------------------- heads
@@ -188,9 +214,11 @@ class Head(nn.Module):
 
 
 class DynamicsModel(nn.Module):
-    """psi: embeds (z, a, r) tokens, runs the Transformer-XL, predicts z_{t+1}, r_t, gamma_t from h_t."""
+    """psi: embeds (z, a, r) tokens, runs the Transformer-XL, predicts z_{t+1}, r_t, gamma_t from h_t.
 
-    def __init__(self, config: Config, num_actions: int):
+    `fused_attention` chooses the attention kernel (see RelativeSelfAttention); both give the same numbers."""
+
+    def __init__(self, config: Config, num_actions: int, fused_attention: bool = True):
         super().__init__()
         cfg, obs = config.dyn, config.obs
         if cfg.input_discounts:
@@ -212,7 +240,7 @@ class DynamicsModel(nn.Module):
         self.r_embed = (nn.Sequential(init_layer(nn.Linear(1, D), math.sqrt(2)), nn.SiLU())
                         if cfg.input_rewards else None)
         self.transformer = TransformerXL(D, cfg.num_heads, cfg.feedforward_dim, cfg.num_layers, cfg.dropout,
-                                         max_tokens)
+                                         max_tokens, fused_attention)
         self.latent_head = Head(D, cfg.latent_head_hidden, latent_dim, cfg.dropout)
         self.reward_head = Head(D, cfg.reward_head_hidden, 1, cfg.dropout)
         # 0.99 as a *logit* (initial gamma_hat ~ 0.73): the released behaviour (spec §16.9).
@@ -236,15 +264,14 @@ class DynamicsModel(nn.Module):
             return self.a_embed.weight.new_zeros(r.shape[0], 0, self.a_embed.embedding_dim)
         return self.r_embed(r[:, None, None])
 
-    def run(self, tokens: torch.Tensor, stop: torch.Tensor, memory: list[torch.Tensor] | None = None,
-            keep_memory: bool = False, cache: KVCache | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Transformer over new tokens (B, T, D) after the cached memory (layer inputs, or keys/values in
-        `cache`); stop (B, S) covers every complete step in [memory or cache; tokens]. Returns outputs
-        (B, T, D) and the new layer-input memory (empty unless keep_memory)."""
-        src = tokens.shape[1] + (0 if memory is None else memory[0].shape[1])
-        src += 0 if cache is None else cache.length
+    def run(self, tokens: torch.Tensor, stop: torch.Tensor, past: list[torch.Tensor] | KVCache | None = None,
+            keep_memory: bool = False, need_weights: bool = False) -> TransformerOutput:
+        """Transformer over new tokens (B, T, D) after `past` (nothing, a K/V cache, or the released
+        layer-input memory); stop (B, S) covers every complete step in [past; tokens]. keep_memory returns
+        the new layer-input memory, need_weights every layer's attention probabilities."""
+        src = source_length(past, tokens.shape[1])
         mask = attention_mask(src, tokens.shape[1], self.tokens_per_step, self.memory_length, stop)
-        return self.transformer(tokens, mask, memory, self.memory_tokens if keep_memory else 0, cache)
+        return self.transformer(tokens, mask, past, self.memory_tokens if keep_memory else 0, need_weights)
 
     def new_cache(self, batch: int, steps: int, device: torch.device) -> KVCache:
         """An empty K/V cache sized for the 2 context tokens plus `steps` imagined steps."""
@@ -252,14 +279,15 @@ class DynamicsModel(nn.Module):
         return KVCache(len(self.transformer.layers), batch, attn.num_heads, attn.head_dim,
                        2 + steps * self.tokens_per_step, device, self.transformer.u.dtype)
 
+    def window_tokens(self, z: torch.Tensor, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """A whole window's tokens: z (B, T+1, C*K), a (B, T+1), r (B, T) -> (B, T*P + 2, D)."""
+        T = z.shape[1] - 1
+        return torch.cat([self.step_tokens(z[:, :T], a[:, :T], r), self.current_tokens(z[:, T], a[:, T])], 1)
+
     def forward(self, z: torch.Tensor, a: torch.Tensor, r: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
         """Full pass over a window without memory: z (B, T+1, C*K), a (B, T+1), r (B, T), stop (B, T)
         -> h (B, T+1, D), the outputs at the a tokens."""
-        T = z.shape[1] - 1
-        history = self.step_tokens(z[:, :T], a[:, :T], r)  # (B, T*P, D)
-        tokens = torch.cat([history, self.current_tokens(z[:, T], a[:, T])], 1)
-        out, _ = self.run(tokens, stop)
-        return out[:, 1::self.tokens_per_step]
+        return self.run(self.window_tokens(z, a, r), stop).hidden[:, 1::self.tokens_per_step]
 
     # ----------------------------------------------------------------------------- heads
     def predict(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -269,19 +297,33 @@ class DynamicsModel(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- loss
+def discount_targets(terminated: torch.Tensor, gamma: float, dtype: torch.dtype) -> torch.Tensor:
+    """g = gamma * NOT terminated: 0 only for a termination; a truncation keeps gamma (spec §0)."""
+    return gamma * (~terminated).to(dtype)
+
+
+def latent_weights(dones: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w = NOT d: the first observation of a new episode is never a latent target (spec §4.6)."""
+    return (~dones).to(dtype)
+
+
 def dynamics_loss(latent_logits: torch.Tensor, reward_mean: torch.Tensor, discount_logit: torch.Tensor,
                   target_logits: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
                   dones: torch.Tensor, config: Config) -> dict[str, torch.Tensor]:
     """Spec §4.6 over (B, T) predictions: latent CE weighted by NOT d (Sum w CE / Sum w), reward
     coef * Normal NLL, discount coef * BCE with soft targets gamma * NOT terminated (0.99 or 0).
-    "dyn/loss" is the sum."""
+    "dyn/loss" is the sum. With latent_coef 0 the latent term is left out of the graph, as in the released
+    code (which never adds it, spec §4.6), so the latent head gets no gradient at all."""
     cfg = config.dyn
-    q = target_logits.detach().softmax(-1)
-    ce = -(q * latent_logits.log_softmax(-1)).sum((-1, -2))  # (B, T)
-    w = (~dones).to(ce.dtype)
-    latent = cfg.latent_coef * (w * ce).sum() / w.sum().clamp(min=1.0)
+    if cfg.latent_coef:
+        q = target_logits.detach().softmax(-1)
+        ce = -(q * latent_logits.log_softmax(-1)).sum((-1, -2))  # (B, T)
+        w = latent_weights(dones, ce.dtype)
+        latent = cfg.latent_coef * (w * ce).sum() / w.sum().clamp(min=1.0)
+    else:
+        latent = reward_mean.new_zeros(())
     reward = cfg.reward_coef * (0.5 * (rewards - reward_mean).square() + 0.5 * _LOG_2PI).mean()
-    g = config.ac.gamma * (~terminated).to(discount_logit.dtype)
+    g = discount_targets(terminated, config.ac.gamma, discount_logit.dtype)
     discount = cfg.discount_coef * F.binary_cross_entropy_with_logits(discount_logit, g)
     return {"dyn/loss": latent + reward + discount, "dyn/latent_loss": latent, "dyn/reward_loss": reward,
             "dyn/discount_loss": discount}

@@ -3,7 +3,14 @@
 The released code caches each layer's *inputs* and re-projects the whole memory at every step; here
 each layer's keys and values are written once into preallocated buffers, so a step projects, attends
 and runs the feed-forward for its new tokens only. Attention over the cache uses the same sliding-window
-and episode masks as a full pass, so hidden states equal the recompute (up to float rounding)."""
+and episode masks as a full pass, so hidden states equal the recompute (up to float rounding).
+
+Contract of one pass over T new tokens (TransformerXL.forward):
+  1. `source_length(T)`: reserve room; the pass attends over this many source positions, and the
+     attention mask and relative distances are built for it (the new tokens are the last T of them);
+  2. every layer i calls `layer(i).write(k_new, v_new)` and attends over the keys and values it returns;
+  3. `commit(T)`: the new tokens become part of the history.
+A static-shape cache (attend over the whole buffer with a mask) changes only what 1 and 2 return."""
 
 from __future__ import annotations
 
@@ -18,24 +25,43 @@ class KVCache:
         shape = (num_layers, batch, num_heads, capacity, head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.length = 0  # tokens written so far (a Python int: no host sync)
+        self.length = 0  # tokens committed so far (a Python int: no host sync)
 
     @property
     def capacity(self) -> int:
         return self.k.shape[3]
 
-    def reserve(self, new_tokens: int) -> None:
-        """Make room for `new_tokens` more tokens, copying into larger buffers when full."""
+    def source_length(self, new_tokens: int) -> int:
+        """Make room for `new_tokens` more tokens (copying into larger buffers when full); returns the
+        number of source positions the pass over them attends over."""
         needed = self.length + new_tokens
-        if needed <= self.capacity:
-            return
-        grown = max(needed, 2 * self.capacity)
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old.new_empty(*old.shape[:3], grown, old.shape[4])
-            new[:, :, :, :self.length] = old[:, :, :, :self.length]
-            setattr(self, name, new)
+        if needed > self.capacity:
+            grown = max(needed, 2 * self.capacity)
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = old.new_empty(*old.shape[:3], grown, old.shape[4])
+                new[:, :, :, :self.length] = old[:, :, :, :self.length]
+                setattr(self, name, new)
+        return needed
 
-    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(k buffer, v buffer, write position) for layer i; views into the preallocated storage."""
-        return self.k[i], self.v[i], self.length
+    def layer(self, i: int) -> LayerKV:
+        return LayerKV(self, i)
+
+    def commit(self, new_tokens: int) -> None:
+        self.length += new_tokens
+
+
+class LayerKV:
+    """One layer's view of a KVCache during a pass."""
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache, self.index = cache, index
+
+    def write(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values (B, heads, T, head_dim) after the committed ones; returns
+        the keys and values of every source position (B, heads, length + T, head_dim), views into the buffers."""
+        cache, i = self.cache, self.index
+        start, end = cache.length, cache.length + k_new.shape[2]
+        cache.k[i, :, :, start:end] = k_new
+        cache.v[i, :, :, start:end] = v_new
+        return cache.k[i, :, :, :end], cache.v[i, :, :, :end]

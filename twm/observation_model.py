@@ -54,7 +54,8 @@ class ObservationModel(nn.Module):
         self.encoder = nn.Sequential(*convs, nn.Flatten(), *fcs)
 
         # Decoder: Linear to (768, 1, 1), then 4 transposed convs (1 -> 5 -> 13 -> 30 -> 64).
-        # The transposed convs keep PyTorch's default init (the released init only touches Linear/Conv2d).
+        # The transposed convs keep PyTorch's default init, the final bias included: the released code asks
+        # for a 0.5 bias, but its init helper only touches Linear/Conv2d (spec §3).
         self.decoder_fc = nn.Sequential(init_layer(nn.Linear(self.latent_dim, cfg.decoder_hidden), relu_gain),
                                         nn.SiLU())
         deconv_channels = (cfg.decoder_hidden, 4 * c, 2 * c, c, frames)
@@ -63,7 +64,6 @@ class ObservationModel(nn.Module):
             deconvs.append(nn.ConvTranspose2d(c_in, c_out, 5 if i < 2 else 6, 2))
             if i < 3:
                 deconvs.append(nn.SiLU())
-        nn.init.constant_(deconvs[-1].bias, 0.5)
         self.decoder = nn.Sequential(*deconvs)
 
     def encode(self, o: torch.Tensor) -> torch.Tensor:
@@ -112,24 +112,36 @@ def _conv_as_gemm(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ latents
+def sample_index(logits: torch.Tensor, mode: str = "sample") -> torch.Tensor:
+    """Class index per categorical: logits (..., C, K) -> int64 (..., C). "sample": temperature 1
+    (Gumbel-max); "argmax": the mode (acting in the real env)."""
+    if mode == "argmax":
+        return logits.argmax(-1)
+    if mode != "sample":
+        raise ValueError(f"unknown latent sampling mode {mode!r}")
+    u = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
+    return (logits - torch.log(-torch.log(u))).argmax(-1)
+
+
+def one_hot_latent(logits: torch.Tensor, index: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+    """Flat one-hot latent (..., C*K) of class indices (..., C) drawn from logits (..., C, K). With
+    straight_through the value stays exactly one-hot and the gradient is that of the probabilities
+    (one_hot + (p - sg(p)), as the released OneHotCategoricalStraightThrough)."""
+    # scatter, not F.one_hot: one_hot range-checks its indices with a host sync
+    one_hot = torch.zeros_like(logits).scatter_(-1, index[..., None], 1.0)
+    if straight_through:
+        probs = logits.softmax(-1)
+        one_hot = one_hot + (probs - probs.detach())
+    return one_hot.flatten(-2)
+
+
 def sample_latent(logits: torch.Tensor, mode: str = "sample") -> torch.Tensor:
     """One-hot latent (..., C*K) from logits (..., C, K).
 
     mode "straight_through": a sample with gradient probs - sg(probs) (WM training);
     "sample": a plain temperature-1 sample; "argmax": the mode (acting in the real env)."""
-    if mode == "argmax":
-        index = logits.argmax(-1)
-    else:
-        u = torch.rand_like(logits).clamp_(min=torch.finfo(logits.dtype).tiny)
-        index = (logits - torch.log(-torch.log(u))).argmax(-1)  # Gumbel-max = categorical sample
-    # scatter, not F.one_hot: one_hot range-checks its indices with a host sync
-    one_hot = torch.zeros_like(logits).scatter_(-1, index[..., None], 1.0)
-    if mode == "straight_through":
-        probs = logits.softmax(-1)
-        one_hot = one_hot + probs - probs.detach()
-    elif mode not in ("sample", "argmax"):
-        raise ValueError(f"unknown latent sampling mode {mode!r}")
-    return one_hot.flatten(-2)
+    straight_through = mode == "straight_through"
+    return one_hot_latent(logits, sample_index(logits, "sample" if straight_through else mode), straight_through)
 
 
 def latent_entropy(logits: torch.Tensor) -> torch.Tensor:

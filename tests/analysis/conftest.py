@@ -1,4 +1,4 @@
-"""Shared fixtures: the read-only reference folder beside the repo and a real MLflow sqlite store."""
+"""Shared fixtures: the score ledger shipped in the package and the reference transcriptions under tests/."""
 
 from __future__ import annotations
 
@@ -6,22 +6,16 @@ from pathlib import Path
 
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[2]  # the repository
-# ../shared/reference beside the repository (or shared/reference inside a checkout that carries it)
-REFERENCE = next(
-    (p for p in (_ROOT.parent / "shared" / "reference", _ROOT / "shared" / "reference") if p.is_dir()),
-    _ROOT.parent / "shared" / "reference",
-)
+from analysis import baselines
 
 
 @pytest.fixture(scope="session")
-def reference() -> Path:
-    """../shared/reference (skips when the folder is not there)."""
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference folder {REFERENCE} is missing")
-    return REFERENCE
+def published() -> Path:
+    """The package's score ledger folder (analysis/ledger): the published per-run score files."""
+    return baselines.LEDGER_DIR
 
 
 @pytest.fixture(scope="session")
-def published(reference: Path) -> Path:
-    return reference / "published_scores"
+def reference_tables() -> Path:
+    """tests/analysis/data: independent transcriptions of the paper's Table 1 and Table 2."""
+    return Path(__file__).with_name("data")

@@ -11,7 +11,6 @@ from analysis import AnalysisError
 from analysis.scores import (
     TIDY_COLUMNS,
     hns_matrix,
-    load_baselines,
     load_experiment,
     load_score_file,
 )
@@ -24,14 +23,6 @@ def test_score_file_becomes_tidy_with_hns(published):
     assert len(tidy) == 26 * 5
     row = tidy[(tidy.game == "Pong") & (tidy.seed == 0)].iloc[0]
     assert row.hns == pytest.approx((19.75 + 20.7) / (14.6 + 20.7))
-
-
-def test_curl_records_of_normalised_scores_round_trip(published):
-    tidy = load_score_file(published / "CURL.json")
-    records = json.loads((published / "CURL.json").read_text())
-    first = next(r for r in records if r["game"] == "Alien")
-    assert tidy[(tidy.game == "Alien") & (tidy.seed == 0)].hns.iloc[0] == pytest.approx(first["HNS"])
-    assert hns_matrix(tidy).shape == (100, 26)
 
 
 def test_wrong_game_name_is_named_with_the_file(tmp_path):
@@ -59,10 +50,24 @@ def test_missing_game_is_named(published, tmp_path):
         hns_matrix(load_score_file(path), where="nohero")
 
 
-def test_baselines_folder_skips_random_and_human(published):
-    methods = set(load_baselines(published)["method"])
-    assert {"TWM", "SPR", "CURL", "IRIS"} <= methods
-    assert not methods & {"RANDOM", "HUMAN"}
+@pytest.mark.parametrize(("text", "shown"), [
+    ('{"Pong": [1.0, NaN]}', '"NaN"'), ('{"Pong": [1.0, Infinity]}', '"Infinity"'), ('{"Pong": [null]}', "null"),
+    ('{"Pong": [1.0, "12"]}', '"12"'), ('{"Pong": [true]}', "true"),
+])
+def test_a_score_that_is_not_a_finite_number_is_named_with_its_game_and_run(tmp_path, text, shown):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    run = 1 if text.count(",") else 0
+    message = rf"bad\.json: game 'Pong', run {run}: score {shown} is not a finite number"
+    with pytest.raises(AnalysisError, match=message):
+        load_score_file(path)
+
+
+def test_a_game_outside_the_26_is_named_as_such_not_as_a_typo(tmp_path):
+    path = tmp_path / "a57.json"
+    path.write_text(json.dumps({"Asteroids": [1.0]}))
+    with pytest.raises(AnalysisError, match="'Asteroids' is an Atari game but not one of the 26 Atari 100k games"):
+        load_score_file(path)
 
 
 def test_mlflow_experiment_reads_finished_and_lists_partial_runs(tmp_path):
