@@ -37,6 +37,7 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
+
 # Verbs whose modules are heavy (pandas/rliable, torch): imported only when asked for.
 # verb -> (module with add_<verb>_arguments and run_<verb>, help)
 DELEGATED_VERBS = {
