@@ -38,23 +38,32 @@ SELECTION = ["smoke", "--games", "Pong", "--seeds", "0,1", *sets(LONG)]
 LAUNCH = [sys.executable, "-m", "suite.cli", "launch", *SELECTION]
 
 
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process is exiting (its files, hence its run lock, released)
+
+
 def live_trainers(run_dirs: list[Path]) -> dict[str, list[int]]:
-    """{run dir: pids} of the live (not zombie) `twm-train run --out <run dir>` processes in the process table."""
+    """{run dir: pids} of the live `twm-train run --out <run dir>` processes in the process table: neither a
+    zombie nor exiting, and not a trainer's own child between fork and exec (it has its parent's cmdline)."""
     wanted = {str(d) for d in run_dirs}
-    found: dict[str, list[int]] = {}
+    candidates: dict[int, tuple[str, int]] = {}  # pid -> (run dir, parent pid)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0]
+            stat = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in args]
-        if state != "Z" and "run" in args and "--out" in args and args.index("--out") + 1 < len(args):
+        exiting = stat[0] in ("Z", "X") or int(stat[6]) & PF_EXITING
+        if not exiting and "run" in args and "--out" in args and args.index("--out") + 1 < len(args):
             out = args[args.index("--out") + 1]
             if out in wanted and any(a.endswith("twm-train") for a in args):
-                found.setdefault(out, []).append(int(entry))
+                candidates[int(entry)] = (out, int(stat[1]))
+    found: dict[str, list[int]] = {}
+    for pid, (out, parent) in candidates.items():
+        if parent not in candidates:
+            found.setdefault(out, []).append(pid)
     return found
 
 
