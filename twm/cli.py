@@ -79,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as err:
         raise UsageError(f"output folder {run_dir} is not writable: {err.strerror}") from None
-    run_lock = rr.RunLock.acquire(run_dir)  # held by this process for the rest of its life
+    try:
+        run_lock = rr.RunLock.acquire(run_dir)  # held by this process for the rest of its life
+    except OSError as err:  # e.g. a Lustre mount without flock support
+        raise UsageError(f"cannot take the run lock in {run_dir}: {err.strerror} (needs flock)") from None
     if run_lock is None:
         holder = rr.lock_holder(run_dir) or {}
         raise RunBusyError(f"{run_dir} is in use by another trainer (pid {holder.get('pid', '?')} on "

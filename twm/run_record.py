@@ -191,7 +191,8 @@ class RunLock:
     @classmethod
     def acquire(cls, run_dir: Path, wait_s: float = 1.0) -> RunLock | None:
         """The lock of an existing run directory, or None when a live process holds it. Retries for `wait_s`
-        so that a reader's momentary probe (`lock_holder`) is never mistaken for a holder."""
+        so that a reader's momentary probe (`lock_holder`) is never mistaken for a holder. OSError where the
+        filesystem has no flock."""
         fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
         deadline = time.monotonic() + wait_s
         while True:
@@ -225,6 +226,8 @@ def lock_holder(run_dir: Path) -> dict | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return read_json(Path(run_dir) / CLAIM) or {}
+    except OSError:  # no flock on this filesystem: no trainer can hold the lock there either
+        return None
     finally:
         os.close(fd)
     return None
