@@ -167,9 +167,15 @@ def test_the_dry_run_script_is_the_one_submitit_submits_and_hostile_arguments_ar
     from twm.run_record import lock_holder
 
     runs = tmp_path / "a b;$(touch PWNED)'q\"x"  # a space, ;, $(...) and both quotes
-    device = 'cpu; $(touch PWNED) "x"' + "'y'"  # an override value with the same (the profile's --device wins)
+    hostile = 'cpu; $(touch PWNED) "x"' + "'y'"
     args = ["launch", "smoke", "--games", "Pong", "--seeds", "0", "--executor", "slurm", "--cluster", "localci",
-            "--runs-dir", str(runs), "--set", f"runtime.device={device}", *sets(TINY)]
+            "--runs-dir", str(runs)]
+    # every override value is range-checked at parse time, so one with the same characters never reaches a script
+    refused = subprocess.run([sys.executable, "-m", "suite.cli", *args, "--set", f"runtime.device={hostile}",
+                              "--dry-run"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and not runs.exists()
+    device = "cpu"  # the profile's --device wins; the override still travels through the script
+    args += ["--set", f"runtime.device={device}", *sets(TINY)]
     dry = subprocess.run([sys.executable, "-m", "suite.cli", *args, "--dry-run"], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
