@@ -153,6 +153,15 @@ class RuntimeConfig:
     keep_checkpoints: int = 2
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
+    # Imagination attends over its whole preallocated K/V buffer with a mask: identical shapes at every step.
+    # Same maths, another float summation order: imagined samples can differ near ties, so it changes results
+    # (a run-identity setting, like precision).
+    static_imagination: bool = False
+    # CUDA graphs for the world-model update, restart encode, imagination and actor-critic update (static
+    # buffers, capturable fused Adam). A replay runs eager's kernels on eager's RNG stream (graph-safe Philox
+    # offsets), so this changes speed only (an execution setting, like compile). On a CPU the same
+    # static-buffer path runs without capture: what the CPU parity tests check.
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,10 @@ class Config:
             raise ConfigError(f"dyn.embed_dim ({dyn.embed_dim}) must be divisible by dyn.num_heads")
         if self.schedule.pretrain_budget >= self.schedule.budget:
             raise ConfigError("schedule.pretrain_budget must be < schedule.budget")
+        if self.runtime.static_imagination and dyn.imagination_memory != "xl":
+            raise ConfigError("runtime.static_imagination=True needs dyn.imagination_memory=xl (the K/V cache)")
+        if self.runtime.cuda_graphs and not self.runtime.static_imagination:
+            raise ConfigError("runtime.cuda_graphs=True needs runtime.static_imagination=True (static shapes)")
 
     def hash(self) -> str:
         """Stable 10-hex-digit identity of everything that changes results (runtime excluded)."""
