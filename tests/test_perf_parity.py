@@ -238,8 +238,12 @@ def test_compiled_train_step_matches_eager_on_cuda():
         assert results[1][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
 
 
-def test_train_step_dispatches_no_sync_prone_ops():
-    """CPU proxy for "no host syncs in a training iteration": no .item()/nonzero-style op is dispatched."""
+@pytest.mark.parametrize("overrides", [{}, {"runtime.static_imagination": True},
+                                       {"runtime.static_imagination": True, "runtime.cuda_graphs": True}],
+                         ids=["today", "static_imagination", "cuda_graphs"])
+def test_train_step_dispatches_no_sync_prone_ops(overrides):
+    """CPU proxy for "no host syncs in a training iteration": no .item()/nonzero-style op is dispatched, on
+    today's path and on the static-shape and graphed paths (tests/test_static_shapes.py)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Recorder(TorchDispatchMode):
@@ -251,7 +255,7 @@ def test_train_step_dispatches_no_sync_prone_ops():
             self.names.append(func.__name__)
             return func(*args, **(kwargs or {}))
 
-    agent = Agent(smoke(), A)
+    agent = Agent(smoke().with_overrides(overrides), A)
     batch = bf16_drift_batch(8, smoke().wm.sequence_length)
     pool = torch.randint(0, 256, (64, 4, 64, 64), dtype=torch.uint8)
     sample = lambda n: pool[torch.randint(64, (n,))]  # noqa: E731

@@ -14,7 +14,6 @@ from twm.graphs import StaticGraph
 from twm.imagination import Imagination, RestartPool, imagine
 from twm.kv_cache import KVCache
 
-SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "unique", "equal")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
 
 
@@ -174,9 +173,9 @@ def test_static_shape_train_steps_stay_close_to_todays_path(cpu_runs):
         assert (p - q).abs().max().item() <= 1e-5
 
 
-def test_graphed_train_step_has_value_independent_shapes_and_no_sync_prone_ops():
+def test_graphed_train_step_has_value_independent_shapes():
     """Two graphed train steps on batches with other values (other episode ends, rewards, frames) dispatch the
-    same ops on the same shapes, and none of them syncs with the host: what capture needs."""
+    same ops on the same shapes: what capture needs (no sync-prone ops either: tests/test_perf_parity.py)."""
     torch.manual_seed(0)
     agent = Agent(smoke().with_overrides(GRAPHED), A)
     pool = torch.randint(0, 256, (64, 4, 64, 64), dtype=torch.uint8)
@@ -192,7 +191,6 @@ def test_graphed_train_step_has_value_independent_shapes_and_no_sync_prone_ops()
             agent.train_step(batch, sample)
         recorded.append(recorder.ops)
     assert len(recorded[0]) > 500 and recorded[0] == recorded[1]
-    assert [name for name, _ in recorded[0] if name.split(".")[0] in SYNC_OPS] == []
 
 
 # ------------------------------------------------------------------------------- CUDA only
