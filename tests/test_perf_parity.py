@@ -240,7 +240,7 @@ def test_compiled_train_step_matches_eager_on_cuda():
 
 @pytest.mark.parametrize("overrides", [{}, {"runtime.static_imagination": True},
                                        {"runtime.static_imagination": True, "runtime.cuda_graphs": True}],
-                         ids=["today", "static_imagination", "cuda_graphs"])
+                         ids=["today", "static_imagination", "graphed"])
 def test_train_step_dispatches_no_sync_prone_ops(overrides):
     """CPU proxy for "no host syncs in a training iteration": no .item()/nonzero-style op is dispatched, on
     today's path and on the static-shape and graphed paths (tests/test_static_shapes.py)."""
