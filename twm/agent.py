@@ -256,19 +256,17 @@ class Agent(nn.Module):
         ac.batch_size of the N*L start candidates, one critic step, one actor step (spec §5, §7, §8).
         With runtime.cuda_graphs each of the four parts is a StaticGraph (twm/graphs.py): the same calls in
         the same order, on static buffers; the returned metrics are then overwritten by the next step."""
-        phase = self.graphed if self.cuda_graphs else self._eager
-        metrics, start = phase("world_model_step")(self._on_device(batch))
+        metrics, start = self.phase("world_model_step")(self._on_device(batch))
         restart_obs = sample_start_obs(self.config.ac.batch_size).to(self.device, non_blocking=True)
-        restart_logits = phase("encode_logits")(restart_obs)
-        trajectory = phase("imagine_trajectory")(start, restart_logits)
-        return {**metrics, **phase("ac_update")(trajectory)}
+        restart_logits = self.phase("encode_logits")(restart_obs)
+        trajectory = self.phase("imagine_trajectory")(start, restart_logits)
+        return {**metrics, **self.phase("ac_update")(trajectory)}
 
-    def _eager(self, name: str) -> Callable:
-        return getattr(self, name)
-
-    def graphed(self, name: str) -> StaticGraph:
-        """The StaticGraph of one part of a train step ("world_model_step", "encode_logits",
-        "imagine_trajectory", "ac_update"), made on first use."""
+    def phase(self, name: str) -> Callable:
+        """One part of a train step ("world_model_step", "encode_logits", "imagine_trajectory", "ac_update"):
+        the method itself, or under runtime.cuda_graphs its StaticGraph (made on first use)."""
+        if not self.cuda_graphs:
+            return getattr(self, name)
         if name not in self._graphs:
             self._graphs[name] = StaticGraph(getattr(self, name), self.device)
         return self._graphs[name]
