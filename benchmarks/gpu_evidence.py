@@ -222,14 +222,14 @@ print("PROBE " + json.dumps(found))
 """
 
 
-def probe(ctx: Context) -> dict:
+def probe(ctx: Context, limit: float) -> dict:
     found: dict = {}
 
     def grab(line: str) -> None:
         if line.startswith("PROBE "):
             found.update(json.loads(line[6:]))
 
-    run_process(ctx, ctx.python("-c", PROBE), 120, grab)
+    run_process(ctx, ctx.python("-c", PROBE), limit, grab)
     return found
 
 
@@ -245,17 +245,17 @@ def stage_install(ctx: Context, limit: float) -> dict:
     site = ctx.work / "site"
     ctx.env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
-    found = probe(ctx)
+    found = probe(ctx, limit / 3)
     notes = []
     if not found.get("gymnasium") or not found.get("ale_py"):
         wheels = sorted(Path(ctx.args.wheels).glob("*.whl")) if ctx.args.wheels else []
         if wheels:
             cmd = ctx.python("-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                              "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels))
-            rc, _, tail = run_process(ctx, cmd, max(10.0, limit - 20))
+            rc, _, tail = run_process(ctx, cmd, limit / 3)
             notes.append(f"installed {len(wheels)} wheels from {ctx.args.wheels} into {site}" if rc == 0 else
                          f"wheel install failed: {tail.splitlines()[-1] if tail else rc}")
-            found = probe(ctx)
+            found = probe(ctx, limit / 3)
         else:
             notes.append(f"gymnasium/ale-py missing and no wheels in {ctx.args.wheels!r}: the env timing uses the "
                          "CPU record, the policy random frames, and the Boxing run is skipped (fetch them with "
@@ -651,7 +651,8 @@ def print_summary(summary: dict, records: dict) -> None:
     print(f"\n=== GPU evidence: {summary['device']}, torch {summary['torch']}, commit {summary['commit'][:10] or '?'},"
           f" {summary['elapsed_s']:.0f} s of {summary['budget_s']:.0f} ===")
     for s in summary["stages"]:
-        print(f"  {s['name']:<20}{s['status']:<9}{s['seconds']:>6.0f}s  {s['note'][:90]}")
+        note = s.get("note", "") if s["status"] == "failed" else s.get("note", "")[:90]
+        print(f"  {s['name']:<20}{s['status']:<9}{s['seconds']:>6.0f}s  {note}")
     print(f"\n  {'variant':<14}{'run h':>8}{'WM/s':>10}{'imag/s':>10}{'iter ms':>9}{'launch':>8}{'kern':>7}"
           f"{'sync':>6}  drift ok")
     for name, v in summary["variants"].items():
@@ -670,8 +671,11 @@ def print_summary(summary: dict, records: dict) -> None:
     if boxing:
         print(f"  boxing ({boxing['variant']}): {boxing['phase_reached']} after {boxing['wall_s']:.0f} s, "
               f"{boxing['updates']} updates, checkpoints {[c['bytes'] // 2**20 for c in boxing['checkpoints']]} MiB")
-    print(f"\n  best variant within its drift limits: {summary['best_variant']}; projected full run "
-          f"{summary['projected_full_run_hours']} h")
+    if summary["projected_full_run_hours"] is None:
+        print("\n  no throughput record: nothing to project")
+    else:
+        print(f"\n  best variant within its drift limits: {summary['best_variant']}; projected full run "
+              f"{summary['projected_full_run_hours']} h")
     for key, g in summary["goals"].items():
         print(f"  goal {key} {'<=' if key == 'projected_full_run_hours' else '>='} {g['goal']:,}: "
               f"{'met' if g['met'] else 'MISSED'} ({g['value']})")
@@ -695,6 +699,8 @@ def run_all(args: argparse.Namespace) -> int:
     for stage in selected(args):
         left = ctx.deadline - time.monotonic() - SUMMARY_RESERVE_S
         limit = min(budgets[stage.name], left)
+        if stage.name == "install":  # everything depends on it: at least 30 s even under a small --budget
+            limit = max(limit, min(30.0, left))
         entry = {"name": stage.name, "budget_s": budgets[stage.name], "seconds": 0.0}
         if failed_install:
             entry.update(status="skipped", note="install failed")
