@@ -4,7 +4,15 @@ shapes from step to step, no sync-prone ops, and (CUDA only) capture and replay 
 
 import pytest
 import torch
-from test_perf_parity import A, bf16_drift_batch, paper_dynamics, parity_config, random_starts, rollout
+from test_perf_parity import (
+    A,
+    assert_same_trajectory,
+    bf16_drift_batch,
+    paper_dynamics,
+    parity_config,
+    random_starts,
+    rollout,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from twm.actor_critic import sample_action
@@ -43,10 +51,7 @@ def test_static_imagination_equals_the_growing_kv_cache_under_fixed_rng():
         static = rollout(dyn, actor, start, restart_logits, config.with_overrides(
             {"runtime.static_imagination": True}), "kv_cache")
     assert growing.dones.any() and not growing.dones.all()  # restarts happened
-    for name in ("z", "actions", "dones"):
-        assert torch.equal(getattr(static, name), getattr(growing, name)), name
-    for name in ("h", "rewards", "discounts", "weights"):
-        assert (getattr(static, name) - getattr(growing, name)).abs().max().item() <= 1e-5, name
+    assert_same_trajectory(static, growing)
 
 
 @torch.no_grad()
