@@ -155,7 +155,7 @@ class RuntimeConfig:
     compile: bool = False
     # Imagination attends over its whole preallocated K/V buffer with a mask: identical shapes at every step.
     # Same maths, another float summation order: imagined samples can differ near ties, so it changes results
-    # (a run-identity setting, like precision).
+    # (so it belongs in the run identity).
     static_imagination: bool = False
     # CUDA graphs for the world-model update, restart encode, imagination and actor-critic update (static
     # buffers, capturable fused Adam). A replay runs eager's kernels on eager's RNG stream (graph-safe Philox
