@@ -643,8 +643,11 @@ def where_the_time_goes(record: dict, goals: dict) -> list[str]:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip()
+    """HEAD of the checkout, or "" where there is no .git (a copied tree) or no git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        return ""
 
 
 def print_summary(summary: dict, records: dict) -> None:

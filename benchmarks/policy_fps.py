@@ -38,8 +38,11 @@ def environment_record(device: torch.device) -> dict:
         model = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
         name = f"{model[0] if model else platform.processor()} ({os.cpu_count()} logical CPUs)"
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    commit = git.stdout.strip() or os.environ.get("TWM_COMMIT", "")  # a copied tree without .git: given by the caller
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:  # no git on the machine
+        commit = ""
+    commit = commit or os.environ.get("TWM_COMMIT", "")  # a copied tree without .git: given by the caller
     return {"device": name, "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
