@@ -25,7 +25,6 @@ import torch
 from twm.actor_critic import sample_action
 from twm.agent import Agent, eval_mode
 from twm.config import Config, paper
-from twm.envs import make_env, num_actions
 from twm.observation_model import sample_latent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +38,11 @@ def environment_record(device: torch.device) -> dict:
         model = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
         name = f"{model[0] if model else platform.processor()} ({os.cpu_count()} logical CPUs)"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:  # no git on the machine
+        commit = ""
+    commit = commit or os.environ.get("TWM_COMMIT", "")  # a copied tree without .git: given by the caller
     return {"device": name, "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
@@ -47,6 +50,8 @@ def environment_record(device: torch.device) -> dict:
 
 def real_frames(game: str, config: Config, count: int, seed: int = 0) -> np.ndarray:
     """`count` consecutive evaluation-env observations under random actions: uint8 (count, 4, 64, 64)."""
+    from twm.envs import make_env  # gymnasium and ale-py only where real frames are asked for
+
     env = make_env(game, config.env, evaluation=True)
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
@@ -142,6 +147,8 @@ def stage_breakdown(agent: Agent, frame: np.ndarray, calls: int = 200) -> dict:
 
 def measure_policy_fps(game: str, frames: int, repeats: int) -> dict:
     """All variants at 1 thread and at all threads; returns {"metrics": ..., "table": ...}."""
+    from twm.envs import num_actions
+
     config = paper()
     obs = real_frames(game, config, frames)
     A = num_actions(game)

@@ -2,7 +2,9 @@
 
 A profile holds what differs between clusters: partition, GPUs, CPUs, memory, time limit, account/QoS,
 array limits and setup lines. It turns into submitit's Slurm parameters in one place
-(`slurm_parameters`), which both the real submission and `--dry-run` use.
+(`slurm_parameters`), and into one executor (`slurm_executor`) whose own submission text both the real
+submission and `--dry-run` use. Every Slurm probe times out within a few seconds; when the queue cannot be
+read, the suite fails closed (submits nothing) rather than guess.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import submitit
+
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "slurm" / "profiles"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+PROBE_TIMEOUT_S = 5.0  # every squeue/scontrol call; a controller that does not answer by then is down
 
 
 class ClusterError(ValueError):
     """A missing or malformed profile, or a Slurm that is not there (one-line message)."""
+
+
+class QueueUnreadableError(ClusterError):
+    """squeue failed or timed out: which jobs are queued is unknown, so nothing may be submitted."""
 
 
 @dataclass(frozen=True)
@@ -63,31 +72,58 @@ def load_profile(name_or_path: str) -> Profile:
     return profile
 
 
+def _probe(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run a Slurm client command with the probe timeout; OSError/TimeoutExpired propagate."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+
+
+def _why(name: str, out: subprocess.CompletedProcess | None, err: Exception | None = None) -> str:
+    """`squeue --me exited 1: <first stderr line>` / `squeue --me timed out after 5 s`, in one line."""
+    if isinstance(err, subprocess.TimeoutExpired):
+        return f"{name} timed out after {PROBE_TIMEOUT_S:.0f} s"
+    if err is not None:
+        return f"{name} failed: {err}"
+    lines = [line.strip() for line in (out.stderr or out.stdout).splitlines() if line.strip()]
+    return f"{name} exited {out.returncode}" + (f": {lines[0]}" if lines else "")
+
+
 def slurm_available() -> bool:
-    """True where sbatch/squeue/scontrol are on PATH and the controller answers."""
+    """True where sbatch/squeue/scontrol/srun are on PATH and the controller answers `scontrol ping`."""
     if not all(shutil.which(cmd) for cmd in ("sbatch", "squeue", "scontrol", "srun")):
         return False
     try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+        out = _probe(["scontrol", "ping"])
     except (OSError, subprocess.TimeoutExpired):
         return False
     return out.returncode == 0 and "UP" in out.stdout
 
 
-def max_array_size(profile: Profile) -> int:
-    """The profile's value, else the cluster's MaxArraySize, else Slurm's default (1001)."""
+@dataclass(frozen=True)
+class ArraySize:
+    """The largest array to submit, and where that number came from."""
+
+    value: int
+    source: str  # "profile <name>", "scontrol show config", or "fallback: ..." (not read from the cluster)
+
+
+def max_array_size(profile: Profile) -> ArraySize:
+    """The profile's value, else the cluster's MaxArraySize, else Slurm's default 1001 labelled as a fallback."""
     if profile.max_array_size > 0:
-        return profile.max_array_size
-    if shutil.which("scontrol"):
-        try:
-            out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=10)
-            for line in out.stdout.splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() == "MaxArraySize":
-                    return int(value.strip())
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass
-    return DEFAULT_MAX_ARRAY_SIZE
+        return ArraySize(profile.max_array_size, f"profile {profile.name}")
+    name, fallback = "scontrol show config", "fallback: Slurm's default; "
+    if not shutil.which("scontrol"):
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + "scontrol is not on PATH")
+    try:
+        out = _probe(name.split())
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + _why(name, None, err))
+    if out.returncode != 0:
+        return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + _why(name, out))
+    for line in out.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return ArraySize(int(value.strip()), name)
+    return ArraySize(DEFAULT_MAX_ARRAY_SIZE, fallback + f"no MaxArraySize in {name}")
 
 
 def slurm_parameters(profile: Profile, job_name: str, setup: list[str]) -> dict:
@@ -116,27 +152,49 @@ def slurm_parameters(profile: Profile, job_name: str, setup: list[str]) -> dict:
     return params
 
 
-def sbatch_preview(params: dict, folder: Path, array_size: int) -> str:
-    """The sbatch script submitit would write for an array of `array_size` tasks (for --dry-run)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+class _DryRunSlurmExecutor(submitit.SlurmExecutor):
+    """submitit's SlurmExecutor without its `srun` check, so a dry run shows the script where no Slurm is
+    installed. It is never asked to submit."""
 
-    command = "python -u -m submitit.core._submit " + str(folder)
-    return _make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
 
 
-def squeue_states(job_ids: set[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (state, reason)} from squeue for the given ids (array tasks as `A_i`); {} without Slurm.
-    Never calls sacct, so it never blocks on accounting."""
-    if not job_ids or not shutil.which("squeue"):
-        return {}
+def slurm_executor(folder: Path, profile: Profile, *, dry_run: bool = False) -> submitit.SlurmExecutor:
+    """The submitit executor of a launch (the dry run's is the same but for the srun check)."""
+    cls = _DryRunSlurmExecutor if dry_run else submitit.SlurmExecutor
+    return cls(folder=folder, max_num_timeout=profile.max_num_timeout)
+
+
+def submission_script(executor: submitit.SlurmExecutor, num_jobs: int) -> str:
+    """The sbatch script that `executor.submit_array` of `num_jobs` jobs writes and passes to sbatch, made by
+    submitit's own methods: one job is a plain submission, more are one array (`--array=0-N%P`) whose
+    executor is a copy with `map_count` set (submitit 1.5's SlurmExecutor._internal_process_submissions)."""
+    if num_jobs == 1:
+        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+    array = type(executor)(executor.folder, executor.max_num_timeout)
+    array.update_parameters(**executor.parameters)
+    array.parameters["map_count"] = num_jobs
+    return array._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+def squeue_states() -> dict[str, tuple[str, str]]:
+    """{job id: (state, reason)} of this user's queued and running jobs (array tasks as `A_i`). Raises
+    QueueUnreadableError when squeue is missing, fails or times out. Never calls sacct."""
+    cmd = ["squeue", "--me", "-h", "-r", "-o", "%i|%T|%r"]
+    if not shutil.which("squeue"):
+        raise QueueUnreadableError("cannot read the Slurm queue: squeue is not on PATH")
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
+        out = _probe(cmd)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why('squeue --me', None, err)}") from None
+    if out.returncode != 0:
+        raise QueueUnreadableError(f"cannot read the Slurm queue: {_why('squeue --me', out)}")
     states = {}
     for line in out.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")
         state, _, reason = rest.partition("|")
-        if job_id in job_ids:
+        if job_id:
             states[job_id] = (state, reason)
     return states

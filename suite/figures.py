@@ -56,7 +56,7 @@ def run_figures(args: argparse.Namespace) -> int:
 
         run = load_run(args.checkpoint, args.device)
     except (CheckpointError, ValueError) as err:
-        print(f"twm-suite figures: error: {err}", file=sys.stderr)
+        print(f"twm-suite: error: {err}", file=sys.stderr)
         return 2
     import torch
 

@@ -1,12 +1,11 @@
-"""What a run directory says about its run: markers written by the trainer, the suite's claim lock and
-submission record, and the state the suite derives from them.
+"""What a run directory says about its run: markers written by the trainer, the trainer's run lock, the
+suite's submission record, and the state the suite derives from them.
 
-The layout and file names are twm.run_record's (the one owner of the run record).
+The layout, file names and the lock are twm.run_record's (the one owner of the run record).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import time
@@ -14,53 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from suite.grids import RunSpec
-from twm.run_record import CLAIM, CONFIG, DONE, FAILED, LOCK, STATUS, SUBMITTED, read_json
+from twm.run_record import (
+    CHECKPOINTS,
+    CONFIG,
+    DONE,
+    FAILED,
+    STATE_FAILED,
+    STATE_INTERRUPTED,
+    STATUS,
+    SUBMITTED,
+    lock_holder,
+    read_json,
+)
 from twm.run_record import write_json_atomic as write_json
 
-STATES = ("pending", "running", "requeued", "done", "failed", "missing")
-
-
-class RunClaim:
-    """An exclusive flock on `<run_dir>/.claim.lock`, held while a job runs the trainer on that run
-    directory, so the same cell never runs twice at once. The kernel drops it when the holder dies."""
-
-    def __init__(self, run_dir: Path, fd: int) -> None:
-        self.run_dir = run_dir
-        self._fd = fd
-
-    @classmethod
-    def acquire(cls, run_dir: Path, job_id: str) -> RunClaim | None:
-        """The claim, or None when another process holds it."""
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        write_json(run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id,
-                                     "since": time.time()})
-        return cls(run_dir, fd)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def is_claimed(run_dir: Path) -> bool:
-    """True while some process holds the run's claim lock."""
-    try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+# not-started: nothing ran yet; pending: queued (Slurm, or a live local launch), never started; running: a live
+# trainer holds the run lock; requeued: back in the Slurm queue after a checkpoint; interrupted: stopped (after
+# a checkpoint, or killed), a relaunch resumes it; failed: FAILED written (--retry-failed); done: DONE written.
+STATES = ("not-started", "pending", "running", "requeued", "interrupted", "failed", "done")
+UNKNOWN = "unknown"  # a Slurm run whose job could not be looked up (squeue failed)
 
 
 def record_submission(run_dir: Path, job_id: str, executor: str) -> None:
@@ -74,7 +45,7 @@ class RunState:
     """One run as `status` shows it."""
 
     spec: RunSpec
-    state: str  # one of STATES
+    state: str  # one of STATES, or UNKNOWN
     env_step: int
     total_env_steps: int | None
     last_eval_return: float | None
@@ -95,37 +66,53 @@ def local_launcher_alive(record: dict) -> bool:
     return True
 
 
-def run_state(spec: RunSpec, runs_dir: Path, queue: dict[str, tuple[str, str]]) -> RunState:
-    """Derive a run's state from its directory and the Slurm queue (`{job id: (state, reason)}`)."""
+def run_state(spec: RunSpec, runs_dir: Path, queue: dict[str, tuple[str, str]] | None) -> RunState:
+    """Derive a run's state from its directory, its lock and the Slurm queue (`{job id: (state, reason)}`;
+    None when the queue could not be read)."""
     run_dir = spec.run_dir(runs_dir)
     status = read_json(run_dir / STATUS) or {}
     submitted = read_json(run_dir / SUBMITTED) or {}
     job_id = submitted.get("job_id")
+    on_slurm = submitted.get("executor") == "slurm"
+    holder = lock_holder(run_dir)
     reason = ""
     if (run_dir / DONE).exists():
         state = "done"
-    elif (run_dir / FAILED).exists():
+    elif (run_dir / FAILED).exists() or status.get("state") == STATE_FAILED:
         state = "failed"
-        reason = (run_dir / FAILED).read_text().strip().splitlines()[0] if (run_dir / FAILED).stat().st_size else ""
-    elif is_claimed(run_dir):
+        reason = _first_line(run_dir / FAILED)
+    elif holder is not None:
         state = "running"
-    elif job_id in queue:
+        reason = f"trainer pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    elif on_slurm and queue is None:
+        state, reason = UNKNOWN, f"job {job_id}: the Slurm queue could not be read"
+    elif on_slurm and job_id in queue:
         slurm_state, reason = queue[job_id]
-        if slurm_state == "PENDING":
-            state = "requeued" if status else "pending"
-        else:
-            state = "running"
-    elif local_launcher_alive(submitted):
+        state = ("requeued" if status else "pending") if slurm_state == "PENDING" else "running"
+    elif local_launcher_alive(submitted) and float(status.get("updated", 0)) < float(submitted.get("time", 0)):
         state = "pending"
-    elif status.get("state") == "failed":
-        state = "failed"
+    elif status or any((run_dir / CHECKPOINTS).glob("*")):
+        state = "interrupted"
+        reason = (f"stopped after a checkpoint at env step {status.get('env_step', '?')}"
+                  if status.get("state") == STATE_INTERRUPTED else
+                  "its trainer is gone without a final checkpoint (killed?); resumes from its last checkpoint")
     else:
-        state = "missing"
+        state = "not-started"
+        if on_slurm:
+            reason = f"job {job_id} is no longer queued and never started the run; see its log"
     env_step = int(status.get("env_step") or 0)
     total = status.get("total_env_steps")
     return RunState(spec=spec, state=state, env_step=env_step, total_env_steps=total,
                     last_eval_return=status.get("last_eval_return"), eta_s=_eta(status, state, _prefill(run_dir)),
                     job_id=job_id, attempt=status.get("attempt"), reason=reason)
+
+
+def _first_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[0] if lines else ""
 
 
 def _prefill(run_dir: Path) -> int:

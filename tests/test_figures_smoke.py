@@ -137,7 +137,7 @@ def _figures(argv: list[str]) -> int:
 def test_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert _figures([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("twm-suite figures: error:") and "does not exist" in err and "\n" not in err
+    assert err.startswith("twm-suite: error:") and "does not exist" in err and "\n" not in err
     assert _figures([str(tmp_path)]) == 2
     assert "holds no checkpoints" in capsys.readouterr().err
 

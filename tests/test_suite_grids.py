@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -117,7 +118,7 @@ def test_dry_run_splits_arrays_at_max_array_size_and_packs_runs_per_gpu(tmp_path
     profile.write_text('partition = "p"\nmax_array_size = 50\ntimeout_min = 60\nsignal_delay_s = 120\n')
     out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
                   "--runs-dir", str(tmp_path / "runs"))
-    assert "130 jobs (1 run(s) per job) in 3 array(s) (MaxArraySize 50)" in out.stdout, out.stderr
+    assert "130 jobs (1 run(s) per job) in 3 array(s) (MaxArraySize 50, profile small)" in out.stdout, out.stderr
     assert out.stdout.count("#SBATCH --array=0-49%") == 2 and "#SBATCH --array=0-29%" in out.stdout
     out = run_cli("launch", "atari100k", "--executor", "slurm", "--cluster", str(profile), "--dry-run",
                   "--runs-per-gpu", "4", "--runs-dir", str(tmp_path / "runs"))
@@ -140,6 +141,19 @@ def _one_line_error(out: subprocess.CompletedProcess, pattern: str) -> None:
     (["launch", "smoke", "--set", "nokey"], "bad override 'nokey'"),
     (["launch", "smoke", "--executor", "slurm", "--cluster", "nope"], "no cluster profile 'nope'"),
     (["status", "nope"], "unknown grid 'nope'"),
+    (["launch", "smoke", "--games", ""], "bad --games ''"),  # an empty list is not 'the whole grid'
+    (["launch", "smoke", "--games", " , "], "bad --games"),
+    (["launch", "smoke", "--seeds", ""], "bad --seeds ''"),
+    (["launch", "smoke", "--variants", ""], "bad --variants ''"),
+    (["status", "smoke", "--games", ""], "bad --games ''"),
+    (["launch", "smoke", "--cluster", "nosuchprofile"], "--cluster applies to --executor slurm only"),
+    (["launch", "smoke", "--executor", "debug", "--cluster", "localci"], "--cluster applies to --executor slurm"),
+    (["launch", "smoke", "--wait"], "--wait applies to --executor slurm only"),
+    (["launch", "smoke", "--executor", "slurm", "--parallel", "2", "--dry-run"], "--parallel applies to"),
+    (["launch", "smoke", "--force", "--retry-failed"], "choose one"),
+    (["launch", "smoke", "--executor", "nope"], "argument --executor: invalid choice: 'nope'"),
+    (["launch"], "the following arguments are required: grid"),
+    (["report"], "the following arguments are required: grid"),  # a delegated verb: the same format
 ])
 def test_bad_input_is_one_line_before_anything_is_submitted(tmp_path, args, pattern):
     _one_line_error(run_cli(*args, "--runs-dir", str(tmp_path)), pattern)
@@ -202,3 +216,62 @@ def test_report_and_compare_are_registered_from_the_analysis_package():
     for verb in ("report", "compare"):
         out = run_cli(verb, "--help")
         assert out.returncode == 0 and f"twm-suite {verb}" in out.stdout and "--tracking-uri" in out.stdout
+
+
+def test_slurm_dry_run_states_the_gpu_hour_cost_and_where_it_comes_from(tmp_path):
+    from suite.cost import BENCHMARKS_DIR
+
+    out = run_cli("launch", "atari100k", "--executor", "slurm", "--dry-run", "--runs-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    # No GPU throughput record ships: the paper's 10 A100-hours per run, 64 array tasks at once (default profile).
+    assert not (BENCHMARKS_DIR / "throughput_cuda.json").exists()
+    assert ("cost: 130 runs x 10.0 GPU-h per run = 1,300.0 GPU-h in all; 130 job(s), at most 64 at once: "
+            "about 30.0 h of wall-clock (3 wave(s))") in out.stdout
+    assert "per-run figure from the paper's ~10 h per run on one NVIDIA A100 (Appendix A.1)" in out.stdout
+    # The CPU profile of the local Slurm: the CPU throughput record's projected full-run hours.
+    hours = json.loads((BENCHMARKS_DIR / "throughput_cpu.json").read_text())["metrics"]["projected_full_run_hours"]
+    out = run_cli("launch", "atari100k", "--games", "Pong", "--seeds", "0-1", "--executor", "slurm", "--cluster",
+                  "localci", "--dry-run", "--runs-dir", str(tmp_path))
+    assert f"cost: 2 runs x {hours:,.1f} job-h on CPU per run = {2 * hours:,.1f} job-h on CPU in all" in out.stdout
+    assert "per-run figure from throughput record throughput_cpu.json (projected_full_run_hours" in out.stdout
+    smoke = run_cli("launch", "smoke", "--dry-run", "--runs-dir", str(tmp_path))
+    assert "cost: no estimate for preset smoke" in smoke.stdout
+
+
+def test_cost_uses_the_devices_throughput_record_and_packs_runs_per_gpu(tmp_path):
+    from suite.cost import describe_cost
+
+    specs = plan(get_grid("ablation-vanilla-transformer"))  # base and vanilla, Pong seed 0
+    lines = describe_cost(specs, "cuda", devices_per_job=1, runs_per_job=1, jobs_at_once=1,
+                          benchmarks_dir=tmp_path)
+    assert lines[0].startswith("cost: 2 runs x 10.0 GPU-h per run = 25.5 GPU-h in all")  # 10 h + 15.5 h (paper)
+    assert "vanilla-transformer runs count x1.55" in "\n".join(lines)
+    (tmp_path / "throughput_cuda.json").write_text(json.dumps({"device": "NVIDIA H100", "commit": "abc",
+                                                               "metrics": {"projected_full_run_hours": 4.0}}))
+    four = plan(get_grid("atari100k"), games=("Pong", "Boxing"), seeds=(0, 1))
+    lines = describe_cost(four, "cuda", devices_per_job=1, runs_per_job=2, jobs_at_once=1, benchmarks_dir=tmp_path)
+    assert lines[0] == ("cost: 4 runs x 4.0 GPU-h per run = 16.0 GPU-h in all; 2 job(s), at most 1 at once: "
+                        "about 16.0 h of wall-clock (2 wave(s))")
+    assert "throughput record throughput_cuda.json (projected_full_run_hours; NVIDIA H100, abc)" in lines[1]
+    assert "2 runs share each job's GPU" in lines[2]
+
+
+def test_max_array_size_read_from_a_failing_scontrol_is_labelled_a_fallback(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'slurm_load_ctl_conf error: Unable to contact slurm controller'"
+                                      " >&2\nexit 1\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = run_cli("launch", "smoke", "--executor", "slurm", "--dry-run", "--runs-dir", str(tmp_path / "r"), env=env)
+    assert out.returncode == 0, out.stderr
+    assert ("(MaxArraySize 1001, fallback: Slurm's default; scontrol show config exited 1: slurm_load_ctl_conf error: "
+            "Unable to contact slurm controller)") in out.stdout
+
+
+def test_a_dry_run_piped_into_head_ends_quietly(tmp_path):
+    cmd = (f"set -o pipefail; {sys.executable} -m suite.cli launch atari100k --executor slurm --dry-run "
+           f"--runs-dir {tmp_path} | head -n 2")
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert out.stderr == "" and len(out.stdout.splitlines()) == 2
+    assert out.returncode == 141  # 128 + SIGPIPE: the reader went away, as a shell reports it

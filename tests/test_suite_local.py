@@ -1,5 +1,6 @@
 """End to end on this machine: `twm-suite launch smoke` through the local pool into a real `mlflow server`
-on loopback, `status` shows it done, and a second launch submits nothing. Also the debug executor."""
+on loopback, `status` shows it done, and a second launch submits nothing; a stopped server is a one-line error
+within seconds. Also the debug executor."""
 
 from __future__ import annotations
 
@@ -30,14 +31,13 @@ def suite(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free loopback port with a sqlite backend; always killed."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port with a sqlite backend; always killed. Yields (uri, process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    home = tmp_path / "server"
-    home.mkdir()  # a clean CWD: uvicorn puts it on sys.path
+    home = tmp_path_factory.mktemp("server")  # a clean CWD: uvicorn puts it on sys.path
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     proc = subprocess.Popen([mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                              "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
@@ -56,7 +56,7 @@ def mlflow_server(tmp_path):
                 pass
             assert proc.poll() is None and time.time() < deadline, (home / "server.log").read_text()[-2000:]
             time.sleep(0.5)
-        yield uri
+        yield uri, proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -69,6 +69,7 @@ def mlflow_server(tmp_path):
 def test_local_launch_logs_to_an_mlflow_server_and_a_relaunch_submits_nothing(tmp_path, mlflow_server):
     import mlflow
 
+    mlflow_server, _ = mlflow_server
     runs = tmp_path / "runs"
     args = ["smoke", "--games", "Pong", "--seeds", "0", "--runs-dir", str(runs), "--tracking-uri", mlflow_server,
             *tiny_args()]
@@ -89,12 +90,34 @@ def test_local_launch_logs_to_an_mlflow_server_and_a_relaunch_submits_nothing(tm
     assert run.data.metrics["final/score"] == done["final_score"]
 
     status = suite("status", "smoke", "--games", "Pong", "--seeds", "0", "--runs-dir", str(runs), *tiny_args())
-    assert status.returncode == 0 and status.stdout.splitlines()[2].split()[5] == "1", status.stdout  # done column
+    header, row = status.stdout.splitlines()[0].split(), status.stdout.splitlines()[2].split()
+    assert status.returncode == 0 and row[header.index("done")] == "1", status.stdout
 
     (run_dir / "DONE").unlink()  # the MLflow tag alone also marks it done
     second = suite("launch", *args)
     assert second.returncode == 0 and "0 to run, 1 done" in second.stdout and "nothing to submit" in second.stdout
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_a_stopped_tracking_server_is_one_line_within_seconds_and_status_does_not_need_it(tmp_path, mlflow_server):
+    uri, server = mlflow_server
+    runs = tmp_path / "runs"
+    os.killpg(server.pid, signal.SIGSTOP)  # it accepts connections (the kernel does) but never answers
+    try:
+        started = time.monotonic()
+        out = suite("launch", "smoke", "--games", "Pong", "--seeds", "0", "--runs-dir", str(runs), "--tracking-uri",
+                    uri, *tiny_args(), timeout=60)
+        launch_s = time.monotonic() - started
+        started = time.monotonic()
+        status = suite("status", "smoke", "--runs-dir", str(runs), timeout=60)
+        status_s = time.monotonic() - started
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+    assert out.returncode == 2 and launch_s < 10, (launch_s, out.stdout, out.stderr)
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"twm-suite: error: tracking server {uri} is unreachable") and "timed out" in line, line
+    assert not list(runs.rglob("submitted.json"))
+    assert status.returncode == 0 and status_s < 10 and "not-started" in status.stdout, status.stdout
 
 
 def test_debug_executor_runs_in_process_into_the_default_sqlite_store(tmp_path):

@@ -12,8 +12,10 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+from suite_helpers import sets, wait_for
 
 from suite.cluster import slurm_available
 from suite.grids import get_grid, plan
@@ -41,20 +43,6 @@ def suite(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def sets(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.5):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def test_smoke_grid_runs_as_one_job_array_and_a_relaunch_submits_nothing(tmp_path):
     args = ["smoke", "--executor", "slurm", "--cluster", "localci", "--runs-dir", str(tmp_path), *sets(TINY)]
     first = suite("launch", *args, "--wait")
@@ -62,9 +50,13 @@ def test_smoke_grid_runs_as_one_job_array_and_a_relaunch_submits_nothing(tmp_pat
     assert "submitted array" in first.stdout and "with 4 tasks" in first.stdout and "finished: 4 done" in first.stdout
     launches = [json.loads(line) for line in (tmp_path / "smoke/.submitit/launches.jsonl").read_text().splitlines()]
     assert len(launches) == 4 and len({entry["job_id"].split("_")[0] for entry in launches}) == 1
+    array = launches[0]["job_id"].split("_")[0]
+    assert (tmp_path / f"smoke/.submitit/{array}/{array}_submission.sh").exists()
+    assert "differs from the script --dry-run prints" not in first.stdout  # checked against it at submission
 
     status = suite("status", "smoke", "--runs-dir", str(tmp_path), *sets(TINY))
-    assert status.returncode == 0 and status.stdout.splitlines()[-1].split()[6] == "4", status.stdout  # done
+    header, total = status.stdout.splitlines()[0].split(), status.stdout.splitlines()[-1].split()
+    assert status.returncode == 0 and total[header.index("done") + 1] == "4", status.stdout
 
     second = suite("launch", *args)
     assert second.returncode == 0 and "0 to run, 4 done" in second.stdout and "nothing to submit" in second.stdout
@@ -137,6 +129,80 @@ def test_a_queued_or_running_cell_is_never_submitted_twice(tmp_path):
         assert collect([spec], tmp_path)[0].state in {"pending", "running"}
         again = suite("launch", *args)
         assert "0 to run" in again.stdout and "1 queued or running" in again.stdout, again.stdout
-        assert "submitted array" not in again.stdout
+        assert "submitted" not in again.stdout
     finally:
         subprocess.run(["scancel", job_id], check=False)
+
+
+def fake_command(folder, name: str, body: str) -> dict[str, str]:
+    """An environment with a `name` script first on PATH (a fault injected into the real Slurm client set)."""
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+    (folder / name).chmod(0o755)
+    return dict(os.environ, PATH=f"{folder}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('echo "$@" > "$(dirname "$0")/args"; echo "squeue: error: Unable to contact slurm controller" >&2; exit 1',
+     "squeue --me exited 1: squeue: error: Unable to contact slurm controller"),
+    ('echo "$@" > "$(dirname "$0")/args"; sleep 60', "squeue --me timed out after 5 s"),
+])
+def test_an_unreadable_slurm_queue_submits_nothing(tmp_path, body, message):
+    runs = tmp_path / "runs"
+    env = fake_command(tmp_path / "bin", "squeue", body)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "suite.cli", "launch", "smoke", "--games", "Pong", "--seeds", "0",
+                          "--executor", "slurm", "--cluster", "localci", "--runs-dir", str(runs), *sets(TINY)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert time.monotonic() - started < 15
+    assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("twm-suite: error: cannot read the Slurm queue: ") and message in line, line
+    assert line.endswith("; nothing submitted")
+    assert not runs.exists()  # no submission file, no job record: sbatch was never called
+    assert (tmp_path / "bin" / "args").read_text().split()[0] == "--me"  # only this user's jobs count
+
+
+def test_the_dry_run_script_is_the_one_submitit_submits_and_hostile_arguments_arrive_intact(tmp_path):
+    import shlex
+
+    from twm.run_record import lock_holder
+
+    runs = tmp_path / "a b;$(touch PWNED)'q\"x"  # a space, ;, $(...) and both quotes
+    hostile = 'cpu; $(touch PWNED) "x"' + "'y'"
+    args = ["launch", "smoke", "--games", "Pong", "--seeds", "0", "--executor", "slurm", "--cluster", "localci",
+            "--runs-dir", str(runs)]
+    # every override value is range-checked at parse time, so one with the same characters never reaches a script
+    refused = subprocess.run([sys.executable, "-m", "suite.cli", *args, "--set", f"runtime.device={hostile}",
+                              "--dry-run"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1 and not runs.exists()
+    device = "cpu"  # the profile's --device wins; the override still travels through the script
+    args += ["--set", f"runtime.device={device}", *sets(TINY)]
+    dry = subprocess.run([sys.executable, "-m", "suite.cli", *args, "--dry-run"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("--- submission 1/1"))) + 1
+    script = "\n".join(lines[start:lines.index("dry run: nothing submitted")]) + "\n"
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    (command,) = [line.removeprefix("first command: ") for line in lines if line.startswith("first command: ")]
+    argv = subprocess.run(["bash", "-c", "printf '%s\\0' " + command], capture_output=True, text=True,
+                          cwd=tmp_path).stdout.split("\0")[:-1]
+    assert argv == shlex.split(command) and f"runtime.device={device}" in argv and str(runs) in " ".join(argv)
+
+    launched = subprocess.run([sys.executable, "-m", "suite.cli", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+    assert launched.returncode == 0 and "warning" not in launched.stdout, launched.stdout + launched.stderr
+    (spec,) = plan(get_grid("smoke"), ("Pong",), (0,), overrides=parse_overrides([f"runtime.device={device}", *TINY]))
+    run_dir = spec.run_dir(runs)
+    job_id = json.loads((run_dir / "submitted.json").read_text())["job_id"]
+    try:
+        submitted = (runs / "smoke" / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
+        assert submitted == script  # what sbatch got is what the dry run printed
+        holder = wait_for(lambda: lock_holder(run_dir), 120, "the trainer to start and take its run lock")
+        trainer_argv = [a.decode() for a in open(f"/proc/{holder['pid']}/cmdline", "rb").read().split(b"\0")[:-1]]
+        expected = [a.replace("<job id>", job_id) for a in argv]
+        assert trainer_argv[trainer_argv.index("run"):] == expected[expected.index("run"):]
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+    assert not list(tmp_path.rglob("PWNED")) and not list(Path.cwd().glob("PWNED"))

@@ -16,6 +16,7 @@ from torch import nn
 from twm.actor_critic import Actor, Critic, actor_loss, critic_loss, gae, policy_entropy, sample_action
 from twm.config import Config, ConfigError
 from twm.dynamics_model import DynamicsModel, dynamics_loss
+from twm.graphs import StaticGraph
 from twm.imagination import Imagination, RestartPool, StartStates, Trajectory, imagine, start_candidates
 from twm.observation_model import (
     ObservationModel,
@@ -89,11 +90,15 @@ class Agent(nn.Module):
         self.critic = Critic(config)
         self.to(self.device)
         self._configure_runtime(config.runtime)
+        self.capturable = self.device.type == "cuda"
+        self._graphs: dict[str, StaticGraph] = {}
 
         def adam(params: Iterable[nn.Parameter], lr: float, eps: float, weight_decay: float) -> torch.optim.Adam:
             # Coupled L2 weight decay (Adam, not AdamW), betas (0.9, 0.999), no schedule (spec §6). The fused
-            # kernel does the same update in one pass over all tensors (tests/test_perf_parity.py).
-            return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True)
+            # kernel does the same update in one pass over all tensors (tests/test_perf_parity.py); on CUDA it
+            # is capturable (its step counts live on the device anyway, so the numbers are the same).
+            return torch.optim.Adam(params, lr=lr, eps=eps, weight_decay=weight_decay, fused=True,
+                                    capturable=self.capturable)
 
         obs, dyn, ac = config.obs, config.dyn, config.ac
         # With dyn.latent_coef 0 (the released training, spec §4.6) the latent head has no loss: it is left out
@@ -110,11 +115,13 @@ class Agent(nn.Module):
         """Precision and compile switches (docs/performance.md). "tf32" allows TF32 matmuls/convs on CUDA
         (a no-op on CPU); "bf16" runs the world-model forward passes, imagination and acting under bf16
         autocast with losses in fp32; the actor-critic updates stay fp32. `compile` compiles the encoder,
-        the transformer and the actor/critic MLPs in place (parameter names unchanged); CUDA only."""
+        the transformer and the actor/critic MLPs in place (parameter names unchanged); CUDA only.
+        `cuda_graphs` replays the four parts of a train step as CUDA graphs (`train_step`)."""
         if runtime.precision == "tf32" and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.bf16 = runtime.precision == "bf16"
+        self.cuda_graphs = runtime.cuda_graphs
         if runtime.compile:
             if self.device.type != "cuda":
                 raise ConfigError("runtime.compile=True needs a CUDA device (CPU inductor miscompiles "
@@ -123,8 +130,10 @@ class Agent(nn.Module):
                 module.compile(dynamic=False)
 
     def autocast(self) -> torch.autocast:
-        """bf16 autocast on the agent's device when runtime.precision is "bf16", else a disabled one."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        """bf16 autocast on the agent's device when runtime.precision is "bf16", else a disabled one. Under CUDA
+        graphs its cache of cast weights is off (a captured cast must be recomputed at every replay)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16,
+                              cache_enabled=not self.cuda_graphs)
 
     # ---------------------------------------------------------------------------- bookkeeping
     @property
@@ -148,8 +157,13 @@ class Agent(nn.Module):
         return {name: opt.state_dict() for name, opt in self._optimizers().items()}
 
     def load_optimizer_state_dict(self, state: dict) -> None:
+        """Load the four optimizers' states (from any device); captured graphs are dropped, since they hold the
+        replaced state tensors, and are captured again from the next train steps."""
         for name, opt in self._optimizers().items():
             opt.load_state_dict(state[name])
+            for group in opt.param_groups:
+                group["capturable"] = self.capturable
+        self._graphs.clear()
 
     @staticmethod
     def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float) -> torch.Tensor:
@@ -239,11 +253,23 @@ class Agent(nn.Module):
     def train_step(self, batch: SeqBatch,
                    sample_start_obs: Callable[[int], torch.Tensor]) -> dict[str, torch.Tensor]:
         """One world-model update (phi and psi) on batch.obs (N, L+2, 4, 64, 64), then imagination from
-        ac.batch_size of the N*L start candidates, one critic step, one actor step (spec §5, §7, §8)."""
-        metrics, start = self.world_model_step(self._on_device(batch))
-        restart_logits = self.encode_logits(sample_start_obs(self.config.ac.batch_size))
-        metrics.update(self.ac_update(self.imagine_trajectory(start, restart_logits)))
-        return metrics
+        ac.batch_size of the N*L start candidates, one critic step, one actor step (spec §5, §7, §8).
+        With runtime.cuda_graphs each of the four parts is a StaticGraph (twm/graphs.py): the same calls in
+        the same order, on static buffers; the returned metrics are then overwritten by the next step."""
+        metrics, start = self.phase("world_model_step")(self._on_device(batch))
+        restart_obs = sample_start_obs(self.config.ac.batch_size).to(self.device, non_blocking=True)
+        restart_logits = self.phase("encode_logits")(restart_obs)
+        trajectory = self.phase("imagine_trajectory")(start, restart_logits)
+        return {**metrics, **self.phase("ac_update")(trajectory)}
+
+    def phase(self, name: str) -> Callable:
+        """One part of a train step ("world_model_step", "encode_logits", "imagine_trajectory", "ac_update"):
+        the method itself, or under runtime.cuda_graphs its StaticGraph (made on first use)."""
+        if not self.cuda_graphs:
+            return getattr(self, name)
+        if name not in self._graphs:
+            self._graphs[name] = StaticGraph(getattr(self, name), self.device)
+        return self._graphs[name]
 
     def world_model_pass(self, batch: SeqBatch, z_index: torch.Tensor | None = None) -> WorldModelPass:
         """The forward passes and losses of a world-model update (spec §5) on an on-device batch.
@@ -395,14 +421,18 @@ class Policy:
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @torch.inference_mode()
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """uint8 (B, 4, 64, 64) -> int64 actions (B,). The encoder and actor have no dropout, so they run
-        as they are (no train/eval switching); the encoder takes its small-batch path."""
+    def act(self, obs: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """uint8 (B, 4, 64, 64) -> int64 actions (B,). A numpy array gives a numpy array; a tensor (e.g. the
+        replay buffer's current observation, already on the device) gives a tensor on the agent's device,
+        with no copy through the host. The encoder and actor have no dropout, so they run as they are (no
+        train/eval switching); the encoder takes its small-batch path."""
         agent = self.agent
         if obs.ndim != 4 or obs.shape[0] != self.num_envs:
-            raise ValueError(f"expected observations ({self.num_envs}, 4, 64, 64), got {obs.shape}")
+            raise ValueError(f"expected observations ({self.num_envs}, 4, 64, 64), got {tuple(obs.shape)}")
+        on_device = isinstance(obs, torch.Tensor)
+        frames = obs if on_device else torch.from_numpy(np.ascontiguousarray(obs))
         with agent.autocast():
-            logits = agent.obs_model.encode_for_acting(agent._pixels(torch.from_numpy(np.ascontiguousarray(obs))))
+            logits = agent.obs_model.encode_for_acting(agent._pixels(frames))
         z = sample_latent(logits.float(), "argmax")  # (B, C*K)
         x = z
         if self.input_h:
@@ -412,7 +442,7 @@ class Policy:
             x = torch.cat([z, h], -1)
         a = sample_action(agent.actor(x))
         self._last = (z, a)
-        return a.cpu().numpy().astype(np.int64)
+        return a if on_device else a.cpu().numpy().astype(np.int64)
 
     def observe(self, rewards: np.ndarray, dones: np.ndarray) -> None:
         """After each env step: append (z, a, r, d) of the step just taken (tanh reward, as in the buffer)."""

@@ -2,7 +2,8 @@
 
 Exit codes of `run`: 0 finished (or already done), 1 failed (FAILED holds the reason, e.g. a full disk),
 2 bad input (one line on stderr; nothing started and nothing written), 3 stopped by SIGTERM/SIGUSR1/SIGINT
-after a checkpoint, or during start-up before any work (rerun the same command to start or resume).
+after a checkpoint, or during start-up before any work (rerun the same command to start or resume), 4 busy:
+another live trainer holds the run directory's lock (one line on stderr, nothing done).
 Every value is checked before the trainer imports torch; what needs torch (the device) and the checkpoint
 to resume from are checked before anything is written to the run directory.
 """
@@ -19,7 +20,7 @@ from twm import run_record as rr
 from twm.config import Config, ConfigError, check_device, parse_overrides, preset
 from twm.games import GAMES, UnknownGameError, get_game
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_BUSY = 0, 1, 2, 3, 4
 EXTRA_GAMES = ("Catch",)  # the toy pixel task of benchmarks/learning_check.py
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
@@ -30,6 +31,10 @@ class UsageError(Exception):
 
 class StartupStopped(Exception):
     """A stop signal arrived before training began; nothing was started."""
+
+
+class RunBusyError(Exception):
+    """Another live trainer holds the run directory's lock."""
 
 
 def check_game(name: str) -> str:
@@ -96,6 +101,19 @@ class StartupSignals:
         self.check()
 
 
+def take_run_lock(run_dir: Path) -> rr.RunLock:
+    """The run directory's lock, or RunBusyError when a live trainer holds it."""
+    try:
+        run_lock = rr.RunLock.acquire(run_dir, announce=False)
+    except OSError as err:  # e.g. a Lustre mount without flock support
+        raise UsageError(f"cannot take the run lock in {run_dir}: {err.strerror} (needs flock)") from None
+    if run_lock is None:
+        holder = rr.lock_holder(run_dir) or {}
+        raise RunBusyError(f"{run_dir} is in use by another trainer (pid {holder.get('pid', '?')} on "
+                           f"{holder.get('host', '?')}); nothing done")
+    return run_lock
+
+
 # ---------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
     signals = StartupSignals()
@@ -131,6 +149,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twm.train import NonFiniteLossError, StopRequested, Trainer
 
     signals.check()
+    # A live trainer on this directory (it made the lock file): touch nothing, restoring may set files aside.
+    # The lock is held by this process for the rest of its life; claim.json is written once every check passed.
+    run_lock = take_run_lock(run_dir) if (run_dir / rr.LOCK).exists() else None
     try:
         trainer = Trainer(config, game, seed, run_dir, None, progress=not args.no_progress)
         signals.check()
@@ -147,6 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as err:
         raise UsageError(f"output folder {run_dir} is not writable: {err.strerror}") from None
+    run_lock = run_lock or take_run_lock(run_dir)
+    run_lock.announce()
     (run_dir / rr.FAILED).unlink(missing_ok=True)
     rr.write_json_atomic(run_dir / rr.CONFIG, meta | {"config": config.to_dict()})
     signals.check()
@@ -298,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except StartupStopped as err:
         print(f"twm-train: {err}", file=sys.stderr)
         return EXIT_STOPPED
+    except RunBusyError as err:
+        print(f"twm-train: error: {err}", file=sys.stderr)
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ value fails at parse time, before any work. Torch-free on purpose.
 
 A run's identity is its config hash: every setting that changes what a run computes, `runtime.precision`
 and `runtime.eval_envs` included; only the execution settings (`EXECUTION_KEYS`: device, threads,
-checkpointing, compile, the metric-logging cadence and tracking) are left out.
+checkpointing, compile, static imagination shapes, CUDA graphs: they change speed, placement and float
+rounding, never the maths or the number format; the metric-logging cadence and tracking) are left out.
 """
 
 from __future__ import annotations
@@ -166,12 +167,23 @@ class RuntimeConfig:
     tracking_close_s: float = 10.0  # at the end, how long the sender may still take to send the last points
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
+    # Imagination attends over its whole preallocated K/V buffer with a mask: identical shapes at every step.
+    # The same maths in another float summation order (like threads or compile): an execution setting.
+    static_imagination: bool = False
+    # CUDA graphs for the world-model update, restart encode, imagination and actor-critic update (static
+    # buffers, capturable fused Adam). A replay runs eager's kernels on eager's RNG stream (graph-safe Philox
+    # offsets), so this changes speed only (an execution setting, like compile). On a CPU the same
+    # static-buffer path runs without capture: what the CPU parity tests check.
+    cuda_graphs: bool = False
 
 
-# Settings that change how fast and where a run executes, not what it computes: left out of the hash.
+# Settings that change how fast and where a run executes, not what it computes: left out of the hash. They may
+# change float rounding (kernels, thread counts, summation order), never the maths or the number format; a
+# setting that does (precision, evaluation envs) is part of the identity.
 EXECUTION_KEYS = frozenset({"runtime.device", "runtime.threads", "runtime.checkpoint_interval_s",
-                            "runtime.keep_checkpoints", "runtime.compile", "runtime.metrics_every",
-                            "runtime.tracking_interval_s", "runtime.tracking_close_s"})
+                            "runtime.keep_checkpoints", "runtime.compile", "runtime.static_imagination",
+                            "runtime.cuda_graphs", "runtime.metrics_every", "runtime.tracking_interval_s",
+                            "runtime.tracking_close_s"})
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -330,6 +342,10 @@ class Config:
             raise ConfigError("schedule.pretrain_budget must be < schedule.budget")
         if schedule.pretrain_obs_fraction + schedule.pretrain_dyn_fraction > 1:
             raise ConfigError("schedule.pretrain_obs_fraction + schedule.pretrain_dyn_fraction must be <= 1")
+        if self.runtime.static_imagination and dyn.imagination_memory != "xl":
+            raise ConfigError("runtime.static_imagination=True needs dyn.imagination_memory=xl (the K/V cache)")
+        if self.runtime.cuda_graphs and not self.runtime.static_imagination:
+            raise ConfigError("runtime.cuda_graphs=True needs runtime.static_imagination=True (static shapes)")
 
     def identity(self) -> dict[str, Any]:
         """Every setting that changes what a run computes: all but the execution settings."""

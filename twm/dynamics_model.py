@@ -33,18 +33,21 @@ def sinusoid_table(num_rows: int, dim: int) -> torch.Tensor:
 
 
 def attention_mask(src_len: int, tgt_len: int, tokens_per_step: int, memory_length: int,
-                   stop: torch.Tensor) -> torch.Tensor:
+                   stop: torch.Tensor, query_start: int | None = None) -> torch.Tensor:
     """Boolean mask (B, tgt, src), True = blocked (spec §4.4).
 
     The src tokens are S complete steps then the current (z, a): src = S*P + 2, stop is (B, S).
-    The tgt tokens are the last tgt_len of src. (a) causal with a sliding window: a z/a query at p sees
-    keys from p - (memory_length+1)*P, an r query from the z of memory_length steps earlier; (b) a query
-    in step i never sees a key in step j if a stop occurred in steps [j, i-1]."""
+    The tgt tokens are src positions query_start .. query_start+tgt_len-1 (default: the last tgt_len; a
+    static-shape K/V cache has later, not yet written positions, whose stops are ignored). (a) causal with
+    a sliding window: a z/a query at p sees keys from p - (memory_length+1)*P, an r query from the z of
+    memory_length steps earlier; (b) a query in step i never sees a key in step j if a stop occurred in
+    steps [j, i-1]."""
     P, device = tokens_per_step, stop.device
     if stop.shape[1] * P + 2 != src_len:
         raise ValueError(f"stop vector of {stop.shape[1]} steps does not fit {src_len} tokens")
+    start = src_len - tgt_len if query_start is None else query_start
     key = torch.arange(src_len, device=device)
-    query = key[src_len - tgt_len:]
+    query = key[start:start + tgt_len]
     modality = query % P  # 0 = z, 1 = a, 2 = r
     lowest = torch.where(modality < 2, query - (memory_length + 1) * P, query - modality - memory_length * P)
     base = (key[None, :] > query[:, None]) | (key[None, :] < lowest[:, None])  # (tgt, src)
@@ -88,15 +91,17 @@ class RelativeSelfAttention(nn.Module):
 
         if isinstance(past, LayerKV):
             q, k_new, v_new = (split(t) for t in self.qkv_proj(x).chunk(3, -1))
+            start = past.query_start
             k, val = past.write(k_new, v_new)
         else:
             src_in = x if past is None else torch.cat([past, x], 1)
             q, k, val = (split(t) for t in self.qkv_proj(src_in).chunk(3, -1))
             q = q[:, :, -T:]
-        S = k.shape[2]  # the queries are the last T of the S source positions
+            start = src_in.shape[1] - T
+        S = k.shape[2]  # the queries are source positions start .. start+T-1 (the last T unless static)
         r = self.pos_proj(rel).reshape(S, *heads).transpose(0, 1)  # (H, S, dh), row = distance
         by_distance = (q + v[:, None]) @ r.transpose(-1, -2)  # (B, H, T, distance)
-        distance = (torch.arange(S - T, S, device=x.device)[:, None]
+        distance = (torch.arange(start, start + T, device=x.device)[:, None]
                     - torch.arange(S, device=x.device)[None, :]).clamp(min=0)  # (T, S), future keys masked
         position = by_distance.gather(-1, distance.expand(B, self.num_heads, T, S))
         probs = None
@@ -149,6 +154,12 @@ def source_length(past: list[torch.Tensor] | KVCache | None, new_tokens: int) ->
     if isinstance(past, KVCache):
         return past.source_length(new_tokens)
     return new_tokens + (0 if past is None else past[0].shape[1])
+
+
+def query_start(past: list[torch.Tensor] | KVCache | None, src: int, new_tokens: int) -> int:
+    """Source position of a pass's first new token: after the committed tokens of a K/V cache, else the
+    last `new_tokens` of the `src` source positions."""
+    return past.length if isinstance(past, KVCache) else src - new_tokens
 
 
 class TransformerXL(nn.Module):
@@ -267,17 +278,20 @@ class DynamicsModel(nn.Module):
     def run(self, tokens: torch.Tensor, stop: torch.Tensor, past: list[torch.Tensor] | KVCache | None = None,
             keep_memory: bool = False, need_weights: bool = False) -> TransformerOutput:
         """Transformer over new tokens (B, T, D) after `past` (nothing, a K/V cache, or the released
-        layer-input memory); stop (B, S) covers every complete step in [past; tokens]. keep_memory returns
-        the new layer-input memory, need_weights every layer's attention probabilities."""
-        src = source_length(past, tokens.shape[1])
-        mask = attention_mask(src, tokens.shape[1], self.tokens_per_step, self.memory_length, stop)
+        layer-input memory); stop (B, S) covers every complete step of the source positions (a static K/V
+        cache's not yet written steps too: any value, they are future keys). keep_memory returns the new
+        layer-input memory, need_weights every layer's attention probabilities."""
+        T = tokens.shape[1]
+        src = source_length(past, T)
+        mask = attention_mask(src, T, self.tokens_per_step, self.memory_length, stop, query_start(past, src, T))
         return self.transformer(tokens, mask, past, self.memory_tokens if keep_memory else 0, need_weights)
 
-    def new_cache(self, batch: int, steps: int, device: torch.device) -> KVCache:
-        """An empty K/V cache sized for the 2 context tokens plus `steps` imagined steps."""
+    def new_cache(self, batch: int, steps: int, device: torch.device, static: bool = False) -> KVCache:
+        """An empty K/V cache sized for the 2 context tokens plus `steps` imagined steps (`static`: every
+        pass attends over all of it, see twm/kv_cache.py)."""
         attn = self.transformer.layers[0].self_attn
         return KVCache(len(self.transformer.layers), batch, attn.num_heads, attn.head_dim,
-                       2 + steps * self.tokens_per_step, device, self.transformer.u.dtype)
+                       2 + steps * self.tokens_per_step, device, self.transformer.u.dtype, static)
 
     def window_tokens(self, z: torch.Tensor, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """A whole window's tokens: z (B, T+1, C*K), a (B, T+1), r (B, T) -> (B, T*P + 2, D)."""

@@ -8,6 +8,9 @@ discount falls below dyn.discount_threshold. `imagine` rolls a policy through it
 
 Memory kinds (same hidden states up to float rounding; tests/test_perf_parity.py):
   "kv_cache"      keys and values projected once into preallocated buffers (twm/kv_cache.py), the default;
+                  `static` (runtime.static_imagination) attends over the whole buffer at every step, with
+                  the not yet written positions masked, so every step has the same shapes and a whole
+                  rollout can be captured as one CUDA graph (tests/test_static_shapes.py);
   "layer_inputs"  the released code's per-layer memory of layer inputs, re-projected every step (parity
                   checks and benchmarks only);
   "vanilla"       no memory: the whole token history is recomputed every step (the paper's runtime
@@ -80,15 +83,19 @@ class Imagination:
     restart(done (M,)) -> (M, C*K) gives fresh states for rows that end; `sample(logits (M, C, K))` draws
     z_{t+1} (a temperature-1 sample; replays pass recorded draws). With `terminal_discount` a step ends
     when its own gamma_hat is below it (figures: long rollouts), instead of the cumulative rule of training.
-    With `need_weights` every step's per-layer attention probabilities and mask are kept in `attention`."""
+    With `need_weights` every step's per-layer attention probabilities and mask are kept in `attention`.
+    `static` (default runtime.static_imagination) uses a static-shape K/V cache sized for the config's horizon."""
 
     def __init__(self, dyn: DynamicsModel, config: Config, restart: Callable[[torch.Tensor], torch.Tensor], *,
                  memory: str | None = None, sample: Callable[[torch.Tensor], torch.Tensor] = sample_latent,
-                 terminal_discount: float | None = None, need_weights: bool = False):
+                 terminal_discount: float | None = None, need_weights: bool = False, static: bool | None = None):
         memory = _CONFIG_MEMORY.get(config.dyn.imagination_memory) if memory is None else memory
         if memory not in MEMORY_KINDS:
             raise ConfigError(f"imagination memory must be one of {MEMORY_KINDS} (dyn.imagination_memory "
                               f"'xl' or 'vanilla'), got {memory!r}")
+        self.static = config.runtime.static_imagination if static is None else static
+        if self.static and memory != "kv_cache":
+            raise ConfigError(f"static-shape imagination needs the K/V cache, not the {memory!r} memory")
         self.dyn, self.memory, self.restart, self.sample = dyn, memory, restart, sample
         self.horizon, self.threshold = config.ac.horizon, config.dyn.discount_threshold
         self.terminal_discount, self.need_weights = terminal_discount, need_weights
@@ -100,13 +107,20 @@ class Imagination:
         and h_k (M, D), the policy's input."""
         tokens = self.dyn.current_tokens(start.z_context, start.a_context)  # (M, 2, D)
         M = tokens.shape[0]
-        self.past = self.dyn.new_cache(M, self.horizon, tokens.device) if self.memory == "kv_cache" else None
-        no_steps = start.d_context.new_zeros(M, 0)
-        out = self.dyn.run(tokens, no_steps, self.past, keep_memory=self.memory == "layer_inputs")
+        self.past = (self.dyn.new_cache(M, self.horizon, tokens.device, self.static)
+                     if self.memory == "kv_cache" else None)
+        if self.static:  # (M, H+1): the stops of the context and every imagined step, filled in as they happen
+            self.stop = start.d_context.new_zeros(M, self.horizon + 1)
+            self.stop[:, 0] = start.d_context
+            out = self.dyn.run(tokens, self.stop[:, :-1], self.past)
+        else:
+            no_steps = start.d_context.new_zeros(M, 0)
+            out = self.dyn.run(tokens, no_steps, self.past, keep_memory=self.memory == "layer_inputs")
+            self.stop = start.d_context[:, None]  # (M, S): stops of the complete steps in the window
         if self.memory == "layer_inputs":
             self.past = out.memory
         self.history = tokens  # the whole token history ("vanilla")
-        self.stop = start.d_context[:, None]  # (M, S): stops of the complete steps in the window
+        self.t = 0  # imagined steps taken
         self.z, self.h = start.z, out.hidden[:, -1].to(self.dtype)
         self.r_prev, self.prev_done = start.r_context.to(self.dtype), start.d_context
         self.cumulative_g = torch.ones_like(self.r_prev)
@@ -124,8 +138,9 @@ class Imagination:
         if self.memory == "vanilla":
             self.history = torch.cat([self.history, tokens], 1)
             out = dyn.run(self.history, self.stop, need_weights=self.need_weights)
-        else:
-            out = dyn.run(tokens, self.stop, self.past, keep_memory=self.memory == "layer_inputs",
+        else:  # the last stop of a static buffer is the step no pass attends over
+            stop = self.stop[:, :-1] if self.static else self.stop
+            out = dyn.run(tokens, stop, self.past, keep_memory=self.memory == "layer_inputs",
                           need_weights=self.need_weights)
             if self.memory == "layer_inputs":
                 self.past = out.memory
@@ -143,7 +158,11 @@ class Imagination:
         else:
             done = discount < self.terminal_discount
         z_next = torch.where(done[:, None], self.restart(done), self.sample(logits))
-        self.stop = torch.cat([self.stop, done[:, None]], 1)
+        self.t += 1
+        if self.static:
+            self.stop[:, self.t] = done
+        else:
+            self.stop = torch.cat([self.stop, done[:, None]], 1)
         if self.memory == "layer_inputs":  # the stops of the steps the memory still holds
             self.stop = self.stop[:, -(dyn.memory_length + 1):]
         self.z, self.h, self.r_prev, self.prev_done = z_next, h.to(self.dtype), reward, done

@@ -18,16 +18,19 @@ Layout of a run directory (the trainer writes the first group, the suite the sec
   DONE               written last: the run is finished
   FAILED             one line: why the trainer failed
   train.log          the trainer's stdout/stderr when the suite runs it
-  .claim.lock        flock held while a process runs the trainer on this directory
+  .claim.lock        the run lock: flock held by the trainer process for its whole life (RunLock)
   .tracking.lock     flock held by whoever sends this run's record to MLflow (its trainer or `twm-suite sync`)
-  claim.json         who holds the claim
+  claim.json         who holds the run lock (pid, host, Slurm job, since)
   submitted.json     which launch / job submitted the run
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,3 +200,65 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------- run lock
+class RunLock:
+    """The run lock: an exclusive flock on `<run dir>/.claim.lock` that the trainer process holds for its whole
+    life, so no second trainer can start on a live run directory, whatever happens to whoever launched it. The
+    kernel drops it when the holder exits or is killed; `claim.json` says who holds it."""
+
+    def __init__(self, run_dir: Path, fd: int) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path, wait_s: float = 1.0, *, announce: bool = True) -> RunLock | None:
+        """The lock of an existing run directory, or None when a live process holds it. Retries for `wait_s`
+        so that a reader's momentary probe (`lock_holder`) is never mistaken for a holder. OSError where the
+        filesystem has no flock. Without `announce`, claim.json is written later by `announce()` (a trainer
+        takes the lock before its last checks and writes nothing until they pass)."""
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return None
+                time.sleep(0.05)
+        lock = cls(run_dir, fd)
+        if announce:
+            lock.announce()
+        return lock
+
+    def announce(self) -> None:
+        """Say who holds the lock (claim.json)."""
+        write_json_atomic(self.run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                                 "since": time.time()})
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def lock_holder(run_dir: Path) -> dict | None:
+    """Who holds the run lock (claim.json: pid, host, ...; {} while it is being written), or None when no live
+    process holds it. Takes no lock that could outlive the call."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_json(Path(run_dir) / CLAIM) or {}
+    except OSError:  # no flock on this filesystem: no trainer can hold the lock there either
+        return None
+    finally:
+        os.close(fd)
+    return None

@@ -179,6 +179,7 @@ def record_run(run_dir: Path, uri: str, experiment: str, run_name: str, tags: di
         "tags": {str(k): str(v) for k, v in tags.items()},
         "params": {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in params.items()},
         "run_ids": run_ids,
+        "run_id": run_ids.get(uri),  # the MLflow run in the trainer's own store
         "synced": old.get("synced") or {},
     }
     rr.write_json_atomic(path, record)
@@ -322,6 +323,7 @@ class Mirror:
     def _update_record(self, change: Callable[[dict], None]) -> None:
         record = rr.read_json(self.run_dir / rr.MLFLOW_RUN)
         change(record)
+        record["run_id"] = record["run_ids"].get(record["tracking_uri"])
         rr.write_json_atomic(self.run_dir / rr.MLFLOW_RUN, record)
 
 
