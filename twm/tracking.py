@@ -167,7 +167,7 @@ def record_run(run_dir: Path, uri: str, experiment: str, run_name: str, tags: di
     path = Path(run_dir) / rr.MLFLOW_RUN
     old = rr.read_json(path) or {}
     run_ids = dict(old.get("run_ids") or {})
-    if old.get("run_id") and old.get("tracking_uri"):  # written before uids existed
+    if old.get("run_id") and old.get("tracking_uri"):  # also a file of the format before run ids per store
         run_ids.setdefault(old["tracking_uri"], old["run_id"])
     record = {
         "tracking_uri": uri,
