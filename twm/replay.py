@@ -14,7 +14,6 @@ the checkpoint itself.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from twm.checkpoint import CorruptCheckpointError, write_file_atomic
+from twm.sampling import balanced_starts
 
 _FRAMES = re.compile(r"^frames-\d{9}-\d{9}\.u8$")
 _READ_CHUNK = 4096  # frame stacks per read (64 MiB at 4x64x64)
@@ -52,7 +52,7 @@ class ReplayBuffer:
         self.rewards = torch.zeros(capacity, dtype=torch.float32, device=self.device)
         self.terminated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
         self.truncated = torch.zeros(capacity, dtype=torch.bool, device=self.device)
-        self.visits = torch.zeros(capacity, dtype=torch.long)  # per sequence start, on the CPU
+        self.visits = torch.zeros(capacity, dtype=torch.long, device=self.device)  # per sequence start
         self.size = 0
         # The frame files holding obs[0 : stop of the last one]: {"file", "start", "stop", "sha256"}
         self.frames: list[dict] = []
@@ -86,13 +86,7 @@ class ReplayBuffer:
         num_starts = self.size - length + 1
         if n > num_starts:
             raise ValueError(f"cannot draw {n} distinct starts from {num_starts} (buffer size {self.size})")
-        if math.isinf(temperature):
-            probs = torch.ones(num_starts)
-        else:
-            probs = torch.softmax(-self.visits[:num_starts].double() / temperature, dim=0)
-        starts = torch.multinomial(probs, n, replacement=False)  # (n,)
-        self.visits.index_add_(0, starts, torch.ones_like(starts))
-        return starts
+        return balanced_starts(self.visits, num_starts, n, temperature)  # (n,), on the buffer's device
 
     def uniform_epoch(self, length: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Pretraining loader: non-overlapping starts offset, offset+L, ... < size-L with a random
@@ -170,7 +164,7 @@ class ReplayBuffer:
             "rewards": self.rewards[:n].to("cpu", copy=True),
             "terminated": self.terminated[:n].to("cpu", copy=True),
             "truncated": self.truncated[:n].to("cpu", copy=True),
-            "visits": self.visits.clone(),
+            "visits": self.visits.to("cpu", copy=True),
         }
 
     def load_state_dict(self, state: dict, folder: Path) -> None:
@@ -190,7 +184,7 @@ class ReplayBuffer:
         self.rewards[:n] = state["rewards"].to(self.device)
         self.terminated[:n] = state["terminated"].to(self.device)
         self.truncated[:n] = state["truncated"].to(self.device)
-        self.visits.copy_(state["visits"])
+        self.visits.copy_(state["visits"].to(self.device))
         self.frames = frames
 
     def _read_frames(self, folder: Path, segment: dict) -> None:
