@@ -3,6 +3,7 @@
   twm-suite grids                       list the grids and their run counts
   twm-suite launch GRID [...]           run a grid (local pool by default; --executor slurm|debug)
   twm-suite status GRID                 not started/pending/running/requeued/interrupted/failed/done per variant x game
+  twm-suite sync GRID                   bring MLflow up to date from the run directories' metric logs
   twm-suite report GRID / compare ...   the paper's tables and figures from MLflow (analysis package)
   twm-suite figures CHECKPOINT_OR_RUN   world-model figures (imagination, attention, sampling) from a checkpoint
 
@@ -45,6 +46,7 @@ DELEGATED_VERBS = {
     "compare": ("analysis.cli", "compare grids/variants with baselines (analysis.cli)"),
     "baselines": ("analysis.cli", "the published per-run scores shipped in the package (analysis.cli)"),
     "figures": ("suite.figures", "world-model figures from a checkpoint or run directory (suite.figures)"),
+    "sync": ("suite.sync", "bring MLflow up to date from the grid's run directories (suite.sync)"),
 }
 
 

@@ -49,6 +49,7 @@ class LaunchContext:
     executor: str  # local | slurm | debug
     device: str = "auto"
     git_commit: str = "unknown"
+    offline: bool = False  # the trainers keep their MLflow record in the run directory; `sync` merges it
 
 
 def trainer_executable() -> list[str]:
@@ -76,6 +77,8 @@ def train_command(spec: RunSpec, ctx: LaunchContext, job_id: str) -> list[str]:
         tags[TAG_SLURM_JOB_ID] = job_id
     for key, value in tags.items():
         cmd += ["--tag", f"{key}={value}"]
+    if ctx.offline:
+        cmd.append("--offline")
     return cmd + ["--no-progress"]  # logs go to train.log; the suite shows its own progress
 
 

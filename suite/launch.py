@@ -35,9 +35,9 @@ from suite.grids import RunSpec, get_grid, plan
 from suite.job import LaunchContext, RunJob, shell_command, train_command
 from suite.rundir import local_launcher_alive, record_submission
 from suite.status import read_queue
-from suite.tracking import done_run_keys, ensure_experiment
+from suite.tracking import done_run_keys, ensure_experiment, say_report, sync_runs, tracked, tracking_plan
 from twm.run_record import DONE, FAILED, SUBMITTED, lock_holder, read_json
-from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server
+from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri, is_server, ui_link
 
 EXECUTORS = ("local", "slurm", "debug")
 EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 3
@@ -163,6 +163,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     runs_dir = opts.runs_dir.resolve()
     tracking_uri = opts.tracking_uri or (profile.tracking_uri if profile else "") or default_tracking_uri(runs_dir)
     device = opts.device or (profile.device if profile else "auto")
+    tracking = tracking_plan(opts.executor, tracking_uri)
 
     try:  # fail closed: a queued run that looks unqueued would be submitted twice
         queue = read_queue(specs, runs_dir, always=profile is not None)
@@ -174,17 +175,19 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     if not opts.dry_run:
         check_writable(runs_dir)
         check_tracking_uri(tracking_uri)
+        sync_before_launch(specs, runs_dir, tracking_uri, grid.name, say)
     mlflow_done = set() if opts.dry_run or opts.force else _mlflow_done(tracking_uri, grid.name)
     chosen = select(specs, runs_dir, mlflow_done, opts.force, opts.retry_failed, queue,
                     wait_for_held=opts.executor == "local")
     ctx = LaunchContext(runs_dir=runs_dir, tracking_uri=tracking_uri, experiment=grid.name,
-                        executor=opts.executor, device=device, git_commit=git_commit())
+                        executor=opts.executor, device=device, git_commit=git_commit(), offline=tracking.offline)
     held = f" ({len(chosen.held)} held by live trainers: waiting for them)" if chosen.held else ""
     say(f"grid {grid.name}: {len(specs)} runs; {len(chosen.to_run)} to run{held}, {len(chosen.done)} done, "
         f"{len(chosen.failed)} failed (--retry-failed to resume them), {len(chosen.active)} queued or running")
     groups = [tuple(chosen.to_run[i:i + opts.runs_per_gpu])
               for i in range(0, len(chosen.to_run), opts.runs_per_gpu)]
 
+    say(tracking.describe(grid.name))
     if opts.dry_run:
         _print_plan(chosen.to_run, ctx, say)
         if profile is not None:
@@ -193,11 +196,12 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
             _print_local_cost(chosen.to_run, opts, say)
         say("dry run: nothing submitted")
         return EXIT_DONE
+    experiment_id = None
     if not chosen.to_run:
         say("nothing to submit")
         code = EXIT_DONE
     else:
-        ensure_experiment(tracking_uri, grid.name)
+        experiment_id = ensure_experiment(tracking_uri, grid.name, runs_dir)
         for spec in chosen.to_run:
             if spec not in chosen.held:
                 reset_for_rerun(spec, runs_dir, opts.force)
@@ -208,7 +212,7 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
             code = _launch_debug(groups, ctx, say)
         else:
             code = _launch_slurm(groups, ctx, profile, opts, say)
-    for line in next_steps(grid.name, runs_dir, tracking_uri, opts):
+    for line in next_steps(grid.name, runs_dir, tracking_uri, opts, experiment_id):
         say(line)
     if code == EXIT_DONE and chosen.failed:
         return EXIT_FAILED
@@ -217,7 +221,8 @@ def launch(opts: LaunchOptions, say: Callable[[str], None] = print) -> int:
     return code
 
 
-def next_steps(grid: str, runs_dir: Path, tracking_uri: str, opts: LaunchOptions) -> list[str]:
+def next_steps(grid: str, runs_dir: Path, tracking_uri: str, opts: LaunchOptions,
+               experiment_id: str | None = None) -> list[str]:
     """The commands that follow a launch: its status, its report, and where to browse its MLflow runs."""
     selection = []
     for flag, value in (("--games", opts.games), ("--seeds", opts.seeds), ("--variants", opts.variants)):
@@ -229,7 +234,17 @@ def next_steps(grid: str, runs_dir: Path, tracking_uri: str, opts: LaunchOptions
     report = ["twm-suite", "report", grid, "--runs-dir", str(runs_dir), "--tracking-uri", tracking_uri]
     browse = (f"MLflow UI: {tracking_uri} (experiment {grid})" if is_server(tracking_uri) else
               "MLflow UI: " + shell_command(["mlflow", "ui", "--backend-store-uri", tracking_uri]))
+    if experiment_id is not None:  # MLflow 3.17 opens an experiment on its GenAI overview without the parameter
+        browse += f", then {ui_link(tracking_uri, experiment_id)}"
     return ["next:", "  " + shell_command(status), "  " + shell_command(report), "  " + browse]
+
+
+def sync_before_launch(specs: list[RunSpec], runs_dir: Path, uri: str, grid: str, say: Callable[[str], None]) -> None:
+    """Every relaunch first brings MLflow up to date from the runs that were started before (idempotent)."""
+    run_dirs = tracked([spec.run_dir(runs_dir) for spec in specs])
+    if run_dirs:
+        ensure_experiment(uri, grid, runs_dir)
+        say_report(sync_runs(run_dirs, uri, progress=False), uri, say)
 
 
 def _mlflow_done(uri: str, experiment: str) -> set[str]:
@@ -393,6 +408,8 @@ def _wait_for_jobs(jobs: list, specs: list[RunSpec], ctx: LaunchContext, say: Ca
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as err:
             say(f"job {job.job_id}: {str(err).strip().splitlines()[0]}")
             outcomes[job.job_id] = "failed"
+    say_report(sync_runs(tracked([spec.run_dir(ctx.runs_dir) for spec in specs]), ctx.tracking_uri, progress=False),
+               ctx.tracking_uri, say)
     return _report(outcomes, None, say)
 
 

@@ -54,7 +54,8 @@ def test_hash_is_stable_ignores_execution_settings_and_round_trips_json():
     assert c.hash() == paper().hash() and c.hash() != smoke().hash()
     execution = {"runtime.device": "cuda:1", "runtime.checkpoint_interval_s": 5, "runtime.threads": 3,
                  "runtime.keep_checkpoints": 4, "runtime.compile": "true", "runtime.static_imagination": "true",
-                 "runtime.cuda_graphs": "true"}
+                 "runtime.cuda_graphs": "true", "runtime.metrics_every": 20, "runtime.tracking_interval_s": 1,
+                 "runtime.tracking_close_s": 3}
     assert set(execution) == EXECUTION_KEYS
     assert c.with_overrides(execution).hash() == c.hash()
     assert c.with_overrides({"buffer.temperature": "inf"}).hash() != c.hash()

@@ -117,7 +117,7 @@ def take_run_lock(run_dir: Path) -> rr.RunLock:
 # ---------------------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
     signals = StartupSignals()
-    from twm.tracking import TrackingError, check_tracking_uri, default_tracking_uri
+    from twm.tracking import TrackingError, artifact_location, check_tracking_uri, default_tracking_uri
 
     # 1. every value, torch-free (fast); nothing is written before all checks pass
     game = check_game(args.game)
@@ -126,10 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     tags = parse_tags(args.tag)
     run_dir = Path(args.out)
     uri = args.tracking_uri or default_tracking_uri(run_dir)
-    try:
-        check_tracking_uri(uri)
-    except TrackingError as err:
-        raise UsageError(str(err)) from None
+    if not args.offline and not (run_dir / rr.MLFLOW_RUN).exists():
+        # A fresh run checks its server at once (a typo is bad input); a run started before never stops
+        # for tracking: its sender retries in the background.
+        try:
+            check_tracking_uri(uri)
+        except TrackingError as err:
+            raise UsageError(str(err)) from None
     if (run_dir / rr.DONE).exists():
         print(f"already done: {run_dir / rr.DONE}")
         return EXIT_OK
@@ -171,13 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     rr.write_json_atomic(run_dir / rr.CONFIG, meta | {"config": config.to_dict()})
     signals.check()
 
-    try:
-        tracker = Tracker(uri, experiment=args.experiment, run_name=args.run_name or f"{game}-s{seed}",
-                          tags={rr.TAG_GAME: game, rr.TAG_SEED: str(seed), rr.TAG_PRESET: args.preset,
-                                rr.TAG_CONFIG_HASH: config.hash()} | tags)
-    except TrackingError as err:
-        raise UsageError(str(err)) from None
-    trainer.tracker = tracker
+    trainer.tracker = Tracker(uri, experiment=args.experiment, run_name=args.run_name or f"{game}-s{seed}",
+                              tags={rr.TAG_GAME: game, rr.TAG_SEED: str(seed), rr.TAG_PRESET: args.preset,
+                                    rr.TAG_CONFIG_HASH: config.hash()} | tags,
+                              offline=args.offline, location=artifact_location(uri, run_dir),
+                              interval_s=config.runtime.tracking_interval_s, close_s=config.runtime.tracking_close_s)
     signals.hand_over(trainer)
     try:
         trainer.run()
@@ -282,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. buffer.temperature=inf (repeatable)")
     run.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite file in --out)")
+    run.add_argument("--offline", action="store_true",
+                     help="keep the MLflow record in --out only (metrics.jsonl, mlflow_run.json); "
+                          "`twm-suite sync` sends it to --tracking-uri later")
     run.add_argument("--experiment", default="twm", help="MLflow experiment name")
     run.add_argument("--run-name", default=None)
     run.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow tag")

@@ -9,7 +9,7 @@ value fails at parse time, before any work. Torch-free on purpose.
 A run's identity is its config hash: every setting that changes what a run computes, `runtime.precision`
 and `runtime.eval_envs` included; only the execution settings (`EXECUTION_KEYS`: device, threads,
 checkpointing, compile, static imagination shapes, CUDA graphs: they change speed, placement and float
-rounding, never the maths or the number format) are left out.
+rounding, never the maths or the number format; the metric-logging cadence and tracking) are left out.
 """
 
 from __future__ import annotations
@@ -162,6 +162,9 @@ class RuntimeConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     checkpoint_interval_s: float = 600.0  # also after every evaluation
     keep_checkpoints: int = 2  # >= 2 keeps a previous good checkpoint to fall back to
+    metrics_every: int = 100  # updates per logged mean of the losses (a cadence in updates, not seconds)
+    tracking_interval_s: float = 5.0  # the background tracking sender's pass interval (twm.tracking)
+    tracking_close_s: float = 10.0  # at the end, how long the sender may still take to send the last points
     precision: Literal["fp32", "bf16", "tf32"] = "fp32"
     compile: bool = False
     # Imagination attends over its whole preallocated K/V buffer with a mask: identical shapes at every step.
@@ -179,7 +182,8 @@ class RuntimeConfig:
 # setting that does (precision, evaluation envs) is part of the identity.
 EXECUTION_KEYS = frozenset({"runtime.device", "runtime.threads", "runtime.checkpoint_interval_s",
                             "runtime.keep_checkpoints", "runtime.compile", "runtime.static_imagination",
-                            "runtime.cuda_graphs"})
+                            "runtime.cuda_graphs", "runtime.metrics_every", "runtime.tracking_interval_s",
+                            "runtime.tracking_close_s"})
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -251,7 +255,8 @@ RANGES: dict[str, Range] = {
     "schedule.final_eval_episodes": AT_LEAST_1,
     "runtime.eval_envs": AT_LEAST_1, "runtime.threads": NON_NEGATIVE,
     "runtime.checkpoint_interval_s": Range(0, low_open=True, allow_inf=True),  # inf = only at forced points
-    "runtime.keep_checkpoints": AT_LEAST_1,
+    "runtime.keep_checkpoints": AT_LEAST_1, "runtime.metrics_every": AT_LEAST_1,
+    "runtime.tracking_interval_s": POSITIVE, "runtime.tracking_close_s": NON_NEGATIVE,
 }
 
 

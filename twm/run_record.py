@@ -8,15 +8,18 @@ Layout of a run directory (the trainer writes the first group, the suite the sec
 
   config.json        identity (game, seed, preset, config hash) and the full config, written before any work
   status.json        state, phase, env step, last evaluation, pid/host, MLflow run id (rewritten atomically)
-  metrics.jsonl      every metric point, appended first here (MLflow is fed from it)
+  metrics.jsonl      every metric point, appended here first; MLflow is fed from it (twm.metric_log)
   checkpoints/       ckpt-<n>.pt, atomic and checksummed, the newest `runtime.keep_checkpoints`, and the
                      replay frames they share, append-only (frames-<start>-<stop>.u8, each written once)
   final_scores.json  the final evaluation's episodes and summary
-  mlflow_run.json    the MLflow run id and tracking URI of this run (reopened on resume)
+  mlflow_run.json    what MLflow gets besides metrics: store, experiment, run name, tags, params, the run's
+                     uid (tag twm.run_uid, found again after any crash) and id, and what was last synced
+  mlflow.db, mlartifacts/   the default MLflow store of a run started by hand (`twm-train run`)
   DONE               written last: the run is finished
   FAILED             one line: why the trainer failed
   train.log          the trainer's stdout/stderr when the suite runs it
   .claim.lock        the run lock: flock held by the trainer process for its whole life (RunLock)
+  .tracking.lock     flock held by whoever sends this run's record to MLflow (its trainer or `twm-suite sync`)
   claim.json         who holds the run lock (pid, host, Slurm job, since)
   submitted.json     which launch / job submitted the run
 """
@@ -45,7 +48,9 @@ TRAIN_LOG = "train.log"
 LOCK = ".claim.lock"
 CLAIM = "claim.json"
 SUBMITTED = "submitted.json"
+TRACKING_LOCK = ".tracking.lock"
 MLFLOW_DB = "mlflow.db"  # the default sqlite store in a run directory or a runs folder
+MLFLOW_ARTIFACTS = "mlartifacts"  # the artifacts of a sqlite store, beside its mlflow.db
 TEMP_MARK = ".tmp-"  # temp files of atomic writes are named `.<name>.tmp-<pid>`
 
 
@@ -71,6 +76,7 @@ class RunDir:
     claim = property(lambda self: self.path / CLAIM)
     submitted = property(lambda self: self.path / SUBMITTED)
     mlflow_db = property(lambda self: self.path / MLFLOW_DB)
+    tracking_lock = property(lambda self: self.path / TRACKING_LOCK)
 
 
 # --------------------------------------------------------------------------------- states
@@ -93,9 +99,16 @@ TAG_RUN_KEY = "twm.run_key"  # grid/variant/game/s<seed>-<hash>
 TAG_GIT_COMMIT = "twm.git_commit"
 TAG_EXECUTOR = "twm.executor"
 TAG_SLURM_JOB_ID = "slurm.job_id"
+TAG_RUN_UID = "twm.run_uid"  # made once per run directory: finds the MLflow run again after any crash
+# Experiment tags: the experiment kind tells MLflow UIs that these are training runs (runs table) rather than
+# GenAI traces; MLflow 3.17's UI also needs `?workflowType=machine_learning` in its link (see ui_link).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # -------------------------------------------------------------------------- MLflow metrics
-# step = the env step at which the value was measured
+# A metric's step never repeats for its key: per-env-step metrics use the env step at which the value was
+# measured; per-update metrics (losses, entropies, grad norms: obs/*, dyn/*, actor/*, critic/*, imag/*,
+# perf/*) are means over `runtime.metrics_every` updates, logged with step = the update number.
 EVAL_RETURN = "eval/return"  # mean return of an evaluation (every schedule.eval_every env steps)
 EVAL_RETURN_STD = "eval/return_std"
 EVAL_EPISODES = "eval/episodes"
@@ -104,6 +117,7 @@ FINAL_SCORE_STD = "final/score_std"
 TRAIN_RETURN = "train/return"  # raw return of each finished training game
 PERF_ENV_STEPS_PER_S = "perf/env_steps_per_s"
 PERF_TRAIN_STEPS_PER_S = "perf/train_steps_per_s"
+PROGRESS_ENV_STEP = "progress/env_step"  # step = update number: maps the loss curves onto env steps
 
 
 # ----------------------------------------------------------------------------- seed rules

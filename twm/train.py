@@ -5,6 +5,11 @@ The run is resumable: `train()` on a run directory holding a checkpoint continue
 Checkpoints are taken only at safe points (between train steps, between pretraining epochs, and
 right before every evaluation), so a resumed run takes the same path as an uninterrupted one.
 A stop request (signal) is honoured at the next safe point: checkpoint, then `StopRequested`.
+
+Every metric point goes to the run's local log first (twm.metric_log), at a cadence that does not depend
+on time (losses: the mean of every `runtime.metrics_every` updates, step = the update number), so a
+resumed run logs exactly the points of an uninterrupted one; the tracker's background sender feeds
+MLflow from that log, and the training loop never waits on it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import math
 import os
 import random
 import socket
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +50,7 @@ from twm.checkpoint import (
 )
 from twm.config import Config
 from twm.envs import evaluate, make_env, num_actions
+from twm.metric_log import MetricLog
 from twm.replay import ReplayBuffer
 from twm.schedule import Interleave, compute_budget
 from twm.tracking import Tracker
@@ -130,6 +138,11 @@ class Trainer:
         self._restored = False  # restore() ran (cmd_run calls it before creating anything)
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
+        self.metric_log: MetricLog | None = None
+        self._metric_log_size = 0  # the metric log's size at the newest checkpoint (a resume cuts it back to it)
+        self._rate_from = (time.monotonic(), 0, 0)  # (time, env step, train steps) of the last loss flush
+        self._status_lock = threading.Lock()  # the tracking sender rewrites status.json from its thread
+        self._status_state = rr.STATE_RUNNING
         self._bar: tqdm | None = None
 
     # ------------------------------------------------------------------------------ plumbing
@@ -137,13 +150,20 @@ class Trainer:
         line = f"[{time.strftime('%H:%M:%S')}] {message}"
         if self._bar is not None:
             self._bar.write(line)
+            sys.stdout.flush()
         else:
             print(line, flush=True)
 
     def wall_s(self) -> float:
         return self.state.wall_s + time.monotonic() - self._started
 
-    def write_status(self, state: str) -> None:
+    def write_status(self, state: str | None = None) -> None:
+        """Rewrite status.json (`state` None: keep the last one, e.g. when the tracking state changed)."""
+        with self._status_lock:
+            self._status_state = state = state or self._status_state
+            self._write_status(state)
+
+    def _write_status(self, state: str) -> None:
         last = self.state.evals[-1] if self.state.evals else None
         rr.write_json_atomic(self.run_dir / rr.STATUS, {
             "state": state,
@@ -159,11 +179,13 @@ class Trainer:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+            "tracking": self.tracker.summary() if self.tracker else None,
             "attempt": self.state.attempt,
         })
 
     def record(self, metrics: dict[str, torch.Tensor], what: str) -> None:
-        """Check an update's metrics for NaN/inf (one host sync) and accumulate them for logging."""
+        """Check an update's metrics for NaN/inf (one host sync) and accumulate them; every
+        `runtime.metrics_every` updates their means are logged."""
         self.state.updates += 1
         names = list(metrics)
         values = torch.stack([metrics[k].detach().float().reshape(()) for k in names]).cpu().numpy()
@@ -174,13 +196,31 @@ class Trainer:
         for k, v in zip(names, values, strict=True):
             self._metric_sums[k] = self._metric_sums.get(k, 0.0) + float(v)
         self._metric_count += 1
+        if self.state.updates % self.config.runtime.metrics_every == 0:
+            self.flush_metrics()
 
-    def flush_metrics(self, extra: dict[str, float] | None = None) -> None:
-        metrics = {k: v / self._metric_count for k, v in self._metric_sums.items()} if self._metric_count else {}
-        metrics.update(extra or {})
-        if self.tracker and metrics:
-            self.tracker.log_metrics(metrics, step=self.buffer.size)
+    def flush_metrics(self) -> None:
+        """Log the means of the updates since the last flush (step = update number, unique per key), with
+        the env step they reached and, in the main loop, the throughput; one progress line."""
+        if not self._metric_count:
+            return
+        metrics = {k: v / self._metric_count for k, v in self._metric_sums.items()}
+        metrics[rr.PROGRESS_ENV_STEP] = self.buffer.size
+        now, (then, env_then, train_then) = time.monotonic(), self._rate_from
+        rate = ""
+        if self.state.phase == "main" and now > then:
+            metrics[rr.PERF_ENV_STEPS_PER_S] = (self.buffer.size - env_then) / (now - then)
+            metrics[rr.PERF_TRAIN_STEPS_PER_S] = (self.state.train_steps - train_then) / (now - then)
+            rate = f", {metrics[rr.PERF_TRAIN_STEPS_PER_S]:.2f} train steps/s"
+        self.log_points(metrics, step=self.state.updates)
         self._metric_sums, self._metric_count = {}, 0
+        self._rate_from = (now, self.buffer.size, self.state.train_steps)
+        self.log(f"update {self.state.updates} ({self.state.phase}): env step {self.buffer.size}, "
+                 f"train step {self.state.train_steps}{rate}")
+
+    def log_points(self, metrics: dict[str, float], step: int) -> None:
+        """Append metric points to the run's local log (MLflow gets them from there)."""
+        self.metric_log.append(metrics, step)
 
     # --------------------------------------------------------------------------- checkpoints
     def payload(self) -> dict:
@@ -195,12 +235,16 @@ class Trainer:
             "buffer": self.buffer.state_dict(),
             "rng": rng_state(),
             "env": env_state(self.env),
+            # the metric log's durable size (a resume cuts it back to this) and the loss means in progress
+            "metric_log": json.dumps({"size": self._metric_log_size, "sums": self._metric_sums,
+                                      "count": self._metric_count}),
         }
 
     def checkpoint(self) -> None:
         """Append the replay frames since the last checkpoint, then write the checkpoint that lists them.
         Both must fit before either is written; a failed write leaves neither (StorageError)."""
         self.state.interleave_counter = self.interleave.counter
+        self._metric_log_size = self.metric_log.sync()
         folder = checkpoint_dir(self.run_dir)
         folder.mkdir(parents=True, exist_ok=True)
         listed = list(self.buffer.frames)
@@ -257,6 +301,9 @@ class Trainer:
         self.interleave.counter = self.state.interleave_counter
         restore_env_state(self.env, ckpt["env"])
         set_rng_state(ckpt["rng"])
+        metric_log = json.loads(ckpt.get("metric_log", "{}"))
+        self._metric_log_size = metric_log.get("size", 0)
+        self._metric_sums, self._metric_count = metric_log.get("sums", {}), metric_log.get("count", 0)
         self._checkpointed = self._position()
         self.log(f"resumed from checkpoint {path.name} at env step {self.buffer.size} "
                  f"({self.state.phase}, attempt {self.state.attempt})")
@@ -286,21 +333,18 @@ class Trainer:
     def run(self) -> RunSummary:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.restore()
+        self.metric_log = MetricLog(self.run_dir / rr.METRICS)
+        self.metric_log.truncate(self._metric_log_size)  # points after the checkpoint are redone
+        self.write_status(rr.STATE_RUNNING)
         if self.tracker:
             params = self.config.to_dict() | {"game": self.game, "seed": self.seed}
-            self.tracker.start(params, run_id=self._saved_run_id())
-            rr.write_json_atomic(self.run_dir / rr.MLFLOW_RUN,
-                              {"run_id": self.tracker.run_id, "tracking_uri": self.tracker.uri})
-            self.tracker.set_status(rr.STATE_RUNNING)
-        self.write_status(rr.STATE_RUNNING)
+            self.tracker.start(self.run_dir, params, log=self.log, on_change=self.write_status)
         self._bar = tqdm(total=self.config.buffer.capacity, initial=self.buffer.size, unit="step",
                          desc=f"{self.game} s{self.seed}", disable=not self.progress, dynamic_ncols=True)
         try:
             return self._run_phases()
         except StopRequested:
             self.write_status(rr.STATE_INTERRUPTED)
-            if self.tracker:
-                self.tracker.set_status(rr.STATE_INTERRUPTED)
             raise
         except Exception as err:
             failure = as_storage_error(err)  # a full disk met by any write, told as one line
@@ -311,6 +355,19 @@ class Trainer:
         finally:
             self._bar.close()
             self._bar = None
+            self.close_tracking()
+            self.metric_log.close()
+
+    def close_tracking(self) -> None:
+        """Give the sender its bounded time to send the last points, then record how that went."""
+        if self.tracker:
+            if not self.tracker.close():
+                self.log(f"tracking: not everything reached {self.tracker.uri} in time; `twm-suite sync` "
+                         "or the next start sends the rest from metrics.jsonl")
+            try:
+                self.write_status()
+            except OSError as err:  # e.g. a full disk: the run's own outcome is already recorded
+                self.log(f"could not write {rr.STATUS}: {err.strerror}")
 
     def record_failure(self, err: BaseException) -> None:
         """Say why the run failed in FAILED, status.json and the MLflow run, each on its own: on a full disk
@@ -325,15 +382,9 @@ class Trainer:
             except OSError as write_err:
                 self.log(f"could not write {failed}: {write_err.strerror}")
         try:
-            self.write_status(rr.STATE_FAILED)
+            self.write_status(rr.STATE_FAILED)  # the tracking sender tells MLflow
         except OSError as status_err:
             self.log(f"could not write {rr.STATUS}: {status_err.strerror}")
-        if self.tracker:
-            try:
-                self.tracker.close(rr.STATE_FAILED)
-            except Exception as tracker_err:  # the store may share the full disk
-                self.log(f"could not mark the MLflow run failed: {type(tracker_err).__name__}: "
-                         f"{(str(tracker_err).splitlines() or [''])[0][:200]}")
 
     def _run_phases(self) -> RunSummary:
         if self.state.phase == "prefill":
@@ -348,10 +399,6 @@ class Trainer:
             self.main_loop()
         return self.final_evaluation()
 
-    def _saved_run_id(self) -> str | None:
-        saved = rr.read_json(self.run_dir / rr.MLFLOW_RUN)
-        return saved["run_id"] if saved else None
-
     def env_step(self, action: int) -> None:
         """One real interaction (spec §2.2); episode ends reset with seed s <- 3s + 13."""
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -362,7 +409,7 @@ class Trainer:
         if done:
             game_over = truncated or info.get("lives", 0) == 0
             if game_over:
-                self.flush_metrics({rr.TRAIN_RETURN: self.state.episode_return})
+                self.log_points({rr.TRAIN_RETURN: self.state.episode_return}, step=self.buffer.size + 1)
                 self.state.episode_return = 0.0
                 self.policy.reset(0)
             self.state.reset_seed = rr.next_reset_seed(self.state.reset_seed)
@@ -396,8 +443,6 @@ class Trainer:
                     bar.update(used)
                     if self.state.budget_left <= 0:
                         break
-                if self._metric_count >= 200:
-                    self.flush_metrics()
                 self.safe_point()
         self.flush_metrics()
 
@@ -448,7 +493,7 @@ class Trainer:
         """Alternate one env step with 1/train_every train steps on average (spec §10.3)."""
         cfg = self.config
         self._bar.set_postfix_str("main")
-        last_log, log_start = time.monotonic(), (self.buffer.size, self.state.train_steps)
+        self._rate_from = (time.monotonic(), self.buffer.size, self.state.train_steps)
         while self.buffer.size < cfg.buffer.capacity:
             if self.buffer.size - self.state.last_eval >= cfg.schedule.eval_every:
                 self.evaluation(cfg.schedule.eval_episodes)
@@ -456,14 +501,8 @@ class Trainer:
             self.env_step(action)
             for _ in range(self.interleave.after_env_step()):
                 self.train_step()
-            if time.monotonic() - last_log > 30 or self._metric_count >= 500:
-                elapsed = time.monotonic() - last_log
-                self.flush_metrics({
-                    rr.PERF_ENV_STEPS_PER_S: (self.buffer.size - log_start[0]) / elapsed,
-                    rr.PERF_TRAIN_STEPS_PER_S: (self.state.train_steps - log_start[1]) / elapsed,
-                })
-                last_log, log_start = time.monotonic(), (self.buffer.size, self.state.train_steps)
             self.safe_point()
+        self.flush_metrics()
         self.state.phase = "final"
 
     def train_step(self) -> None:
@@ -491,9 +530,8 @@ class Trainer:
         self.state.evals.append([step, float(scores.mean())])
         self.log(f"eval at {step}: return {scores.mean():.1f} ± {scores.std():.1f} over {episodes} games "
                  f"({time.monotonic() - started:.0f}s)")
-        if self.tracker:
-            self.tracker.log_metrics({rr.EVAL_RETURN: float(scores.mean()), rr.EVAL_RETURN_STD: float(scores.std()),
-                                      rr.EVAL_EPISODES: episodes}, step=step, flush=True)
+        self.log_points({rr.EVAL_RETURN: float(scores.mean()), rr.EVAL_RETURN_STD: float(scores.std()),
+                         rr.EVAL_EPISODES: episodes}, step=step)
         self._bar.set_postfix_str(f"main, last eval {scores.mean():.1f}")
         self.write_status(rr.STATE_RUNNING)
         return scores
@@ -502,12 +540,10 @@ class Trainer:
         scores = self.evaluation(self.config.schedule.final_eval_episodes)
         summary = RunSummary(self.game, self.seed, float(scores.mean()), scores.tolist(), self.buffer.size,
                              self.state.train_steps, self.wall_s(), str(self.run_dir), self.state.evals)
+        self.log_points({rr.FINAL_SCORE: summary.final_score, rr.FINAL_SCORE_STD: float(scores.std())},
+                        step=self.buffer.size)
+        self.metric_log.sync()
         rr.write_json_atomic(self.run_dir / rr.FINAL_SCORES, asdict(summary))
-        if self.tracker:
-            self.tracker.log_metrics({rr.FINAL_SCORE: summary.final_score,
-                                      rr.FINAL_SCORE_STD: float(scores.std())}, step=self.buffer.size)
-            self.tracker.log_json(rr.FINAL_SCORES, asdict(summary))
-            self.tracker.close(rr.STATE_DONE)
         self.write_status(rr.STATE_DONE)
         rr.write_json_atomic(self.run_dir / rr.DONE, {
             "final_score": summary.final_score, "episodes": len(scores), "env_steps": summary.env_steps,
