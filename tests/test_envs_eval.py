@@ -107,3 +107,17 @@ def test_num_envs_is_capped_by_num_episodes_and_bad_counts_are_rejected():
     assert all(len(r) == 2 for r in policy.rewards)
     with pytest.raises(ValueError, match="num_episodes"):
         evaluate("Catch", CFG, policy, num_episodes=0, num_envs=1, seed=0)
+
+
+def test_one_env_pool_serves_every_round_of_an_evaluation(monkeypatch):
+    import twm.envs
+
+    made = []
+
+    def counting_make_env(*args, **kwargs):
+        made.append(args[0])
+        return make_env(*args, **kwargs)
+
+    monkeypatch.setattr(twm.envs, "make_env", counting_make_env)
+    scores = twm.envs.evaluate("Catch", CFG, RandomPolicy(3, seed=0), num_episodes=7, num_envs=2, seed=1)
+    assert len(scores) == 7 and made == ["Catch", "Catch"]  # 4 rounds of 2 games, 2 envs made once

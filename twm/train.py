@@ -55,6 +55,8 @@ from twm.replay import ReplayBuffer
 from twm.schedule import Interleave, compute_budget
 from twm.tracking import Tracker
 
+STATUS_EVERY_S = 10.0  # status.json is refreshed at least this often while a run makes progress
+
 
 class StopRequested(Exception):
     """A signal asked the run to stop; a checkpoint was written (or nothing was worth saving)."""
@@ -143,6 +145,7 @@ class Trainer:
         self._rate_from = (time.monotonic(), 0, 0)  # (time, env step, train steps) of the last loss flush
         self._status_lock = threading.Lock()  # the tracking sender rewrites status.json from its thread
         self._status_state = rr.STATE_RUNNING
+        self._status_written = time.monotonic()
         self._bar: tqdm | None = None
 
     # ------------------------------------------------------------------------------ plumbing
@@ -162,6 +165,18 @@ class Trainer:
         with self._status_lock:
             self._status_state = state = state or self._status_state
             self._write_status(state)
+            self._status_written = time.monotonic()
+
+    def refresh_status(self) -> None:
+        """Progress for `twm-suite status` and the launcher's bar between checkpoints: status.json every
+        STATUS_EVERY_S. Never on the critical path: a failed write is a warning, the next one retries."""
+        if time.monotonic() - self._status_written < STATUS_EVERY_S:
+            return
+        try:
+            self.write_status()
+        except OSError as err:
+            self._status_written = time.monotonic()
+            self.log(f"warning: could not refresh {rr.STATUS}: {err.strerror or err}")
 
     def _write_status(self, state: str) -> None:
         last = self.state.evals[-1] if self.state.evals else None
@@ -319,6 +334,8 @@ class Trainer:
         due = force or self.stop_requested or time.monotonic() - self._last_checkpoint >= interval
         if due and self._checkpointed != self._position():
             self.checkpoint()
+        else:
+            self.refresh_status()
         if self.stop_requested:
             raise StopRequested(f"stopped at env step {self.buffer.size} after a checkpoint")
 
@@ -497,7 +514,8 @@ class Trainer:
         while self.buffer.size < cfg.buffer.capacity:
             if self.buffer.size - self.state.last_eval >= cfg.schedule.eval_every:
                 self.evaluation(cfg.schedule.eval_episodes)
-            action = int(self.policy.act(self.buffer.obs[self.buffer.size][None].cpu().numpy())[0])
+            # the frame stack stays on the buffer's device; int() is the one sync (the env needs the action)
+            action = int(self.policy.act(self.buffer.obs[self.buffer.size][None])[0])
             self.env_step(action)
             for _ in range(self.interleave.after_env_step()):
                 self.train_step()
