@@ -108,7 +108,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", help="comma-separated variants (default: all of the grid's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. runtime.threads=4 (repeatable; "
-                             "non-runtime keys change the config hash, hence the run directories)")
+                             "settings that change results, e.g. runtime.precision, change the config hash, hence the "
+                             "run directories; execution settings such as threads do not)")
     parser.add_argument("--runs-dir", type=Path, default=Path("twm-runs"),
                         help="output folder: run directories and the default mlflow.db (default: ./twm-runs)")
 
