@@ -72,14 +72,27 @@ def load_profile(name_or_path: str) -> Profile:
     return profile
 
 
+_silent_controller: list[subprocess.TimeoutExpired] = []  # a probe that timed out: the controller is down
+
+
 def _probe(cmd: list[str]) -> subprocess.CompletedProcess:
-    """Run a Slurm client command with the probe timeout; OSError/TimeoutExpired propagate."""
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    """Run a Slurm client command with the probe timeout; OSError/TimeoutExpired propagate. Once one probe has
+    timed out, later ones fail at once with the same timeout (one wait per command, not one per probe)."""
+    if _silent_controller:
+        raise _silent_controller[0]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        _silent_controller.append(err)
+        raise
 
 
 def _why(name: str, out: subprocess.CompletedProcess | None, err: Exception | None = None) -> str:
     """`squeue --me exited 1: <first stderr line>` / `squeue --me timed out after 5 s`, in one line."""
     if isinstance(err, subprocess.TimeoutExpired):
+        asked = list(err.cmd)
+        if asked[:len(name.split())] != name.split():  # an earlier probe timed out; this one was not run
+            return f"{name} not asked: `{' '.join(asked[:2])}` timed out after {PROBE_TIMEOUT_S:.0f} s"
         return f"{name} timed out after {PROBE_TIMEOUT_S:.0f} s"
     if err is not None:
         return f"{name} failed: {err}"
