@@ -111,7 +111,19 @@ def client_for(uri: str):
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    # Opening a sqlite file creates or migrates its schema, which concurrent first users corrupt (alembic:
+    # "duplicate column", "table _alembic_tmp_params already exists"): one at a time, by a flock beside the
+    # file; later users find the schema current and pass at once.
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(database.with_name(database.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=uri)
+    finally:
+        os.close(fd)
 
 
 def ensure_experiment(client, name: str, location: str | None, tags: dict[str, str] | None = None) -> str:
