@@ -53,6 +53,7 @@ class RunState:
     job_id: str | None
     attempt: int | None
     reason: str = ""
+    tracking_warning: str = ""  # the trainer's sender cannot reach MLflow (status.json's `tracking`)
 
 
 def local_launcher_alive(record: dict) -> bool:
@@ -104,7 +105,8 @@ def run_state(spec: RunSpec, runs_dir: Path, queue: dict[str, tuple[str, str]] |
     total = status.get("total_env_steps")
     return RunState(spec=spec, state=state, env_step=env_step, total_env_steps=total,
                     last_eval_return=status.get("last_eval_return"), eta_s=_eta(status, state, _prefill(run_dir)),
-                    job_id=job_id, attempt=status.get("attempt"), reason=reason)
+                    job_id=job_id, attempt=status.get("attempt"), reason=reason,
+                    tracking_warning=(status.get("tracking") or {}).get("warning", "") if state == "running" else "")
 
 
 def _first_line(path: Path) -> str:

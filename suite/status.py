@@ -93,6 +93,8 @@ def format_table(states: list[RunState]) -> str:
     for state in states:
         if state.state in ("failed", "interrupted", UNKNOWN) or (state.state == "not-started" and state.reason):
             out.append(f"{state.state}: {state.spec.key}: {state.reason or 'see train.log'}")
+        if state.tracking_warning:
+            out.append(f"tracking: {state.spec.key}: {state.tracking_warning}")
     return "\n".join(out)
 
 

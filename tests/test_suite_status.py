@@ -149,3 +149,17 @@ def test_the_run_lock_dies_with_its_holder_even_on_kill_9(tmp_path):
     lock = RunLock.acquire(tmp_path, wait_s=0)
     assert lock is not None and lock_holder(tmp_path)["pid"] == os.getpid()
     lock.release()
+
+
+def test_a_running_run_whose_tracking_fails_says_so_under_the_table(tmp_path):
+    specs, claim = _four_runs(tmp_path)
+    run_dir = specs["Pong", 1].run_dir(tmp_path)
+    status = json.loads((run_dir / STATUS).read_text())
+    warning = "cannot send to http://127.0.0.1:9 since 2026-12-01 10:00:00 (3 attempts): ConnectionError: refused"
+    write_json(run_dir / STATUS, status | {"tracking": {"state": "failing", "warning": warning}})
+    try:
+        table = format_table(collect(list(specs.values()), tmp_path))
+    finally:
+        claim.release()
+    assert f"tracking: {specs['Pong', 1].key}: {warning}" in table.splitlines()
+    assert sum(line.startswith("tracking: ") for line in table.splitlines()) == 1
