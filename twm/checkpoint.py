@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from twm.config import Config, ConfigError
-from twm.run_record import CHECKPOINTS, TEMP_MARK, fsync_dir, is_temp, temp_path, temp_writer_pid
+from twm.run_record import CHECKPOINTS, TEMP_MARK, is_temp, temp_writer_pid, write_atomic
 
 FORMAT = 2  # 1: the whole replay buffer inside, no checksums
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
@@ -192,18 +192,16 @@ def write_file_atomic(path: Path, write: Callable[[BinaryIO], Any], needed: int,
     """Write a file through a temp name, fsync and rename it; on any failure the temp file is removed, and a
     storage fault becomes a StorageError naming `what` and the `needed` bytes."""
     ensure_space(path.parent, needed, what)
-    tmp = temp_path(path)
     recorder: _Recording | None = None
+
+    def recorded(f: BinaryIO) -> None:
+        nonlocal recorder
+        recorder = _Recording(f)
+        write(recorder)
+
     try:
-        with open(tmp, "wb") as f:
-            recorder = _Recording(f)
-            write(recorder)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        write_atomic(path, recorded, durable=True)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         cause = err if isinstance(err, OSError) else recorder.error if recorder else None
         if cause is not None:
             raise storage_error(what, path.parent, needed, cause) from None

@@ -31,9 +31,10 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # ------------------------------------------------------------------------------- file names
 CONFIG = "config.json"
@@ -160,13 +161,14 @@ def temp_writer_pid(path: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write to a temp file and rename it over `path`, so readers never see half a file; with `durable`,
-    fsync the file and its folder so the content survives a power loss. The temp file never stays."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], Any], *, durable: bool = False) -> None:
+    """The one atomic writer: `write(file)` fills a temp file that is then renamed over `path`, so readers never
+    see half a file; with `durable`, the file and its folder are fsynced so the content survives a power loss.
+    On any failure the temp file is removed and the error propagates."""
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -176,6 +178,10 @@ def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> Non
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:
+    write_atomic(path, lambda f: f.write(data), durable=durable)
 
 
 def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
@@ -202,36 +208,61 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-# ------------------------------------------------------------------------------- run lock
-class RunLock:
-    """The run lock: an exclusive flock on `<run dir>/.claim.lock` that the trainer process holds for its whole
-    life, so no second trainer can start on a live run directory, whatever happens to whoever launched it. The
-    kernel drops it when the holder exits or is killed; `claim.json` says who holds it."""
+# ---------------------------------------------------------------------------------- locks
+class FileLock:
+    """An exclusive flock on a file (created if missing): the one lock mechanism of the run record. The kernel
+    drops it when the holder exits or is killed; the descriptor is not inherited by children."""
 
-    def __init__(self, run_dir: Path, fd: int) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, fd: int) -> None:
         self._fd = fd
 
     @classmethod
-    def acquire(cls, run_dir: Path, wait_s: float = 1.0, *, announce: bool = True) -> RunLock | None:
-        """The lock of an existing run directory, or None when a live process holds it. Retries for `wait_s`
-        so that a reader's momentary probe (`lock_holder`) is never mistaken for a holder. OSError where the
-        filesystem has no flock. Without `announce`, claim.json is written later by `announce()` (a trainer
-        takes the lock before its last checks and writes nothing until they pass)."""
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children
-        deadline = time.monotonic() + wait_s
+    def acquire(cls, path: Path, wait_s: float | None = 0.0) -> FileLock | None:
+        """The lock, or None when another process still holds it after `wait_s` seconds (0: do not wait;
+        None: wait as long as it takes). OSError where the filesystem has no flock."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                return cls(fd)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     return None
                 time.sleep(0.05)
-        lock = cls(run_dir, fd)
-        if announce:
-            lock.announce()
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLock(FileLock):
+    """The run lock: `<run dir>/.claim.lock`, held by the trainer process for its whole life, so no second
+    trainer can start on a live run directory, whatever happens to whoever launched it; `claim.json` says who
+    holds it."""
+
+    @classmethod
+    def acquire(cls, run_dir: Path, wait_s: float = 1.0, *, announce: bool = True) -> RunLock | None:
+        """The lock of an existing run directory, or None when a live process holds it. Retries for `wait_s`
+        so that a reader's momentary probe (`lock_holder`) is never mistaken for a holder. Without `announce`,
+        claim.json is written later by `announce()` (a trainer takes the lock before its last checks and
+        writes nothing until they pass)."""
+        lock = super().acquire(Path(run_dir) / LOCK, wait_s)
+        if lock is not None:
+            lock.run_dir = Path(run_dir)
+            if announce:
+                lock.announce()
         return lock
 
     def announce(self) -> None:
@@ -239,11 +270,6 @@ class RunLock:
         write_json_atomic(self.run_dir / CLAIM, {"pid": os.getpid(), "host": socket.gethostname(),
                                                  "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                                                  "since": time.time()})
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 def lock_holder(run_dir: Path) -> dict | None:

@@ -24,7 +24,6 @@ without a bound for the queue to drain.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -118,12 +117,8 @@ def client_for(uri: str):
     # file; later users find the schema current and pass at once.
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(database.with_name(database.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with rr.FileLock.acquire(database.with_name(database.name + ".lock"), wait_s=None):
         return MlflowClient(tracking_uri=uri)
-    finally:
-        os.close(fd)
 
 
 def ensure_experiment(client, name: str, location: str | None, tags: dict[str, str] | None = None) -> str:
@@ -148,27 +143,13 @@ def ensure_experiment(client, name: str, location: str | None, tags: dict[str, s
 
 
 # ------------------------------------------------------------------------------------ the lock
-class TrackingLock:
-    """An exclusive flock on the run's `.tracking.lock`: only its holder sends the run to MLflow."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
+class TrackingLock(rr.FileLock):
+    """The run's `.tracking.lock`: only its holder sends the run to MLflow."""
 
     @classmethod
     def acquire(cls, run_dir: Path, *, wait: bool) -> TrackingLock | None:
         """The lock; None when another process holds it and `wait` is False."""
-        fd = os.open(Path(run_dir) / rr.TRACKING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return cls(fd)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        return super().acquire(Path(run_dir) / rr.TRACKING_LOCK, None if wait else 0.0)
 
 
 # ------------------------------------------------------------------------ what MLflow should get
