@@ -72,18 +72,19 @@ def load_profile(name_or_path: str) -> Profile:
     return profile
 
 
-_silent_controller: list[subprocess.TimeoutExpired] = []  # a probe that timed out: the controller is down
+_timed_out: subprocess.TimeoutExpired | None = None  # the probe that found the controller silent
 
 
 def _probe(cmd: list[str]) -> subprocess.CompletedProcess:
     """Run a Slurm client command with the probe timeout; OSError/TimeoutExpired propagate. Once one probe has
     timed out, later ones fail at once with the same timeout (one wait per command, not one per probe)."""
-    if _silent_controller:
-        raise _silent_controller[0]
+    global _timed_out
+    if _timed_out is not None:
+        raise _timed_out
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
-        _silent_controller.append(err)
+        _timed_out = err
         raise
 
 
