@@ -138,6 +138,7 @@ class Trainer:
         self._last_checkpoint = time.monotonic()
         self._checkpointed: tuple | None = None  # (phase, env step, updates) of the newest checkpoint
         self._restored = False  # restore() ran (cmd_run calls it before creating anything)
+        self._resumed = False  # restore() continued from a checkpoint
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
         self.metric_log: MetricLog | None = None
@@ -285,9 +286,10 @@ class Trainer:
         frames fail their checksums) is set aside with a warning naming both; a checkpoint of another game,
         seed or configuration is refused (IdentityError); temp files of killed writes are removed."""
         if self._restored:
-            return self.state.attempt > 1
+            return self._resumed
         self._restored = True
         folder = checkpoint_dir(self.run_dir)
+        started_before = self._attempts_started()
 
         def accept(path: Path, ckpt: dict) -> None:
             check_identity(path, ckpt, self.game, self.seed, self.config)
@@ -302,6 +304,7 @@ class Trainer:
             self.log(f"removed {len(removed)} temp file(s) of interrupted writes: {', '.join(p.name for p in removed)}")
         if found is None:
             self.buffer.remove_unlisted_frames(folder)  # frames of a first checkpoint that was never written
+            self.state.attempt = started_before + 1  # a start killed before its first checkpoint still counts
             return False
         path, ckpt, skipped = found
         for bad, err in skipped:
@@ -312,7 +315,8 @@ class Trainer:
         self.agent.load_state_dict(ckpt["agent"])
         self.agent.load_optimizer_state_dict(ckpt["optimizers"])
         self.state = RunState(**json.loads(ckpt["state"]))
-        self.state.attempt += 1
+        # a start stopped before it made progress wrote no checkpoint of its own; status.json still counts it
+        self.state.attempt = max(self.state.attempt, started_before) + 1
         self.interleave.counter = self.state.interleave_counter
         restore_env_state(self.env, ckpt["env"])
         set_rng_state(ckpt["rng"])
@@ -322,7 +326,15 @@ class Trainer:
         self._checkpointed = self._position()
         self.log(f"resumed from checkpoint {path.name} at env step {self.buffer.size} "
                  f"({self.state.phase}, attempt {self.state.attempt})")
+        self._resumed = True
         return True
+
+    def _attempts_started(self) -> int:
+        """The attempt number status.json last recorded (0: none, or unreadable). Every start that began to
+        run wrote it, so it also counts the starts whose stop came before any checkpoint of their own."""
+        status = rr.read_json(self.run_dir / rr.STATUS)
+        attempt = status.get("attempt") if isinstance(status, dict) else None
+        return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 0
 
     def _position(self) -> tuple:
         return self.state.phase, self.buffer.size, self.state.updates
