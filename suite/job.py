@@ -35,6 +35,7 @@ EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_BUSY = 0, 1, 2, 3
 POLL_S = 1.0
 INTERRUPT_GRACE_S = 60.0  # after a trainer stops on an outside SIGTERM, wait this long for USR2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)  # faulthandler's
 _PR_SET_PDEATHSIG = 1
 _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
 
@@ -150,6 +151,8 @@ def finish(trainer: TrainerProcess, ctx: LaunchContext) -> str:
             reason = "bad input: " + _last_line(run_dir / TRAIN_LOG)
         elif code < 0:
             reason = f"killed by signal {signal.Signals(-code).name}"
+            if -code in CRASH_SIGNALS:  # the trainer's faulthandler wrote where each thread was
+                reason += f"; the Python stack of every thread is at the end of {TRAIN_LOG}"
         else:
             reason = f"exit code {code}: " + _last_line(run_dir / TRAIN_LOG)
         (run_dir / FAILED).write_text(reason + "\n")

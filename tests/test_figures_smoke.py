@@ -31,7 +31,8 @@ def run_dir(tmp_path_factory) -> Path:
            "--out", str(out), "--no-progress", "--set", "schedule.budget=40000", "--set", "runtime.eval_envs=1",
            "--set", "buffer.capacity=520", "--set", "schedule.pretrain_budget=4000",
            "--set", "schedule.eval_every=10000", "--set", "schedule.final_eval_episodes=1"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.returncode, result.stdout[-3000:], result.stderr[-5000:])
     assert list_checkpoints(out)
     return out
 

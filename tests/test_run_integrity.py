@@ -404,3 +404,18 @@ def test_sigterm_during_start_up_exits_3_with_one_line_and_the_next_run_resumes_
     assert result.returncode == 0, result.stderr
     assert outcome(out) == outcome(reference)
     assert [r.data.tags[rr.TAG_STATUS] for r in mlflow_runs(out)] == [rr.STATE_DONE]  # one MLflow run
+
+
+# ---------------------------------------------------------------------------- crashes in native code
+def test_a_trainer_crashing_in_native_code_leaves_every_threads_python_stack_in_its_log(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(run_cmd(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / rr.STATUS).exists():  # training has begun: the sender thread runs beside it
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGSEGV)  # what a segfault in a library delivers
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in stderr, stderr
+    assert 'File "' in stderr and "twm/train.py" in stderr, stderr  # where the trainer was

@@ -131,3 +131,34 @@ def test_debug_executor_runs_in_process_into_the_default_sqlite_store(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert run.data.tags["twm.executor"] == "debug" and run.data.tags["twm.status"] == "done"
+
+
+def test_a_trainer_that_segfaults_is_failed_with_its_stack_in_train_log(tmp_path):
+    from twm.run_record import FAILED, STATUS, TRAIN_LOG, lock_holder
+
+    runs = tmp_path / "runs"
+    launcher = subprocess.Popen([sys.executable, "-m", "suite.cli", "launch", "smoke", "--games", "Pong", "--seeds",
+                                 "0", "--runs-dir", str(runs), *tiny_args()],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            found = list(runs.glob("smoke/base/Pong/s0-*/" + STATUS))
+            holder = lock_holder(found[0].parent) if found else None
+            if holder:
+                break
+            assert launcher.poll() is None and time.time() < deadline, launcher.communicate()[0]
+            time.sleep(0.2)
+        os.kill(holder["pid"], signal.SIGSEGV)  # what a crash in a native library delivers
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    run_dir = found[0].parent
+    assert launcher.returncode == 1 and "1 failed" in output, output
+    reason = (run_dir / FAILED).read_text()
+    assert reason.startswith("killed by signal SIGSEGV; the Python stack of every thread is at the end of train.log")
+    log = (run_dir / TRAIN_LOG).read_text()
+    assert "Fatal Python error: Segmentation fault" in log and 'File "' in log.split("Fatal Python error")[1]
+    status = suite("status", "smoke", "--runs-dir", str(runs), "--games", "Pong", "--seeds", "0", *tiny_args())
+    assert "killed by signal SIGSEGV" in status.stdout, status.stdout

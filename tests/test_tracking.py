@@ -6,7 +6,10 @@ and never raises."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -224,3 +227,29 @@ def test_concurrent_first_users_of_a_fresh_sqlite_store_share_one_schema_and_exp
     results = [(p.wait(timeout=120), p.stdout.read().strip(), p.stderr.read()) for p in procs]
     assert [code for code, _, _ in results] == [0] * 4, [err for _, _, err in results]
     assert len({experiment_id for _, experiment_id, _ in results}) == 1
+
+
+def test_the_sender_thread_leaves_the_process_environment_as_it_found_it(tmp_path):
+    """Setting an environment variable reallocates the C environment under any native getenv running on the
+    trainer's thread (a rare segfault); the MLflow settings are put there before the sender starts."""
+    script = """
+import os, sys
+from pathlib import Path
+from twm.metric_log import MetricLog
+from twm.tracking import Tracker
+run_dir = Path(sys.argv[1])
+tracker = Tracker(f"sqlite:///{run_dir.parent / 'mlflow.db'}", "exp", interval_s=0.1, close_s=60)
+before = dict(os.environ)
+run_dir.mkdir()
+MetricLog(run_dir / "metrics.jsonl").append({"obs/loss": 1.0}, step=1)
+tracker.start(run_dir, {"buffer.capacity": 10}, log=print)
+assert tracker.close() and tracker.summary()["sent"] == 1, tracker.summary()
+changed = {k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k)}
+assert not changed, changed
+assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the settings are there all the same
+print("unchanged")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "unchanged" in result.stdout, result.stdout + result.stderr

@@ -37,7 +37,8 @@ def run_dir(tmp_path_factory) -> Path:
            "--out", str(out), "--no-progress"]
     for key, value in overrides.items():
         cmd += ["--set", f"{key}={value}"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.returncode, result.stdout[-3000:], result.stderr[-5000:])
     return out
 
 

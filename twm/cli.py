@@ -11,6 +11,7 @@ to resume from are checked before anything is written to the run directory.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import signal
 import sys
@@ -312,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash in native code (a segfault in a library) leaves every thread's Python stack in the run's log
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

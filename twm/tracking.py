@@ -101,13 +101,27 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
+MLFLOW_ENV = {  # MLflow reads these at each call; what a user set first wins
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def set_mlflow_env() -> None:
+    """Put MLFLOW_ENV's defaults into the environment. Called on the main thread before the sender starts:
+    setting a new variable reallocates the C environment, which a native library's getenv on another thread
+    (torch, OpenMP, the emulator while the trainer steps) may be reading at that moment."""
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def client_for(uri: str):
     """An MlflowClient whose HTTP calls fail fast: the sender and sync retry with their own backoff, where
     MLflow's default (7 retries, 120 s timeout) stalls a call for about 4 minutes. It prints no "View run"
-    line into the run's log when a run ends."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    line into the run's log when a run ends. The environment is set by set_mlflow_env beforehand (the
+    Tracker does it on the main thread); here, in the sender's thread, that is a no-op."""
+    set_mlflow_env()
     from mlflow.tracking import MlflowClient
 
     if not uri.startswith("sqlite:///"):
@@ -415,6 +429,7 @@ class Tracker:
         self.location = location
         self.interval_s, self.close_s = interval_s, close_s
         self.sender: Sender | None = None
+        set_mlflow_env()  # here, on the caller's thread: the sender thread must not change the environment
         self._record: dict | None = None
         self._closed: bool | None = None  # after close: whether everything was sent
 
