@@ -229,17 +229,23 @@ def test_concurrent_first_users_of_a_fresh_sqlite_store_share_one_schema_and_exp
     assert len({experiment_id for _, experiment_id, _ in results}) == 1
 
 
-def test_the_sender_thread_leaves_the_process_environment_as_it_found_it(tmp_path):
-    """Setting an environment variable reallocates the C environment under any native getenv running on the
-    trainer's thread (a rare segfault); the MLflow settings are put there before the sender starts."""
+def test_the_sender_thread_changes_no_environment_and_loads_no_native_library(tmp_path):
+    """Two things must not happen on the sender's thread while the trainer steps torch and the emulator: setting
+    an environment variable (it reallocates the C environment under any native getenv) and the first import
+    of MLflow's native dependencies (pandas, pyarrow, ...). The Tracker does both on the caller's thread."""
     script = """
 import os, sys
 from pathlib import Path
+import torch
 from twm.metric_log import MetricLog
 from twm.tracking import Tracker
+
+def native_libraries():
+    return {line.split()[-1] for line in open("/proc/self/maps") if ".so" in line and "site-packages" in line}
+
 run_dir = Path(sys.argv[1])
 tracker = Tracker(f"sqlite:///{run_dir.parent / 'mlflow.db'}", "exp", interval_s=0.1, close_s=60)
-before = dict(os.environ)
+before, libraries = dict(os.environ), native_libraries()
 run_dir.mkdir()
 MetricLog(run_dir / "metrics.jsonl").append({"obs/loss": 1.0}, step=1)
 tracker.start(run_dir, {"buffer.capacity": 10}, log=print)
@@ -247,6 +253,7 @@ assert tracker.close() and tracker.summary()["sent"] == 1, tracker.summary()
 changed = {k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k)}
 assert not changed, changed
 assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"  # the settings are there all the same
+assert native_libraries() == libraries, sorted(native_libraries() - libraries)
 print("unchanged")
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -116,6 +116,25 @@ def set_mlflow_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def preload_mlflow(uri: str) -> None:
+    """Import what the sender will use, on the caller's (main) thread before training starts: MLflow pulls in
+    pandas, pyarrow, scipy, protobuf and cryptography, whose native initialisation should not run on a second
+    thread while the trainer steps the emulator and torch (about 1.5 s, once). A broken install is not the
+    run's problem here: the sender meets the same error and reports it as a tracking fault."""
+    try:
+        import mlflow.entities  # noqa: F401
+        import mlflow.exceptions  # noqa: F401
+        import mlflow.tracking  # noqa: F401
+        if uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+            if uri.startswith("postgresql"):
+                import psycopg2  # noqa: F401
+        else:
+            import mlflow.store.tracking.rest_store  # noqa: F401
+    except Exception:  # noqa: BLE001, S110 - reported by the sender when it tries the same
+        pass
+
+
 def client_for(uri: str):
     """An MlflowClient whose HTTP calls fail fast: the sender and sync retry with their own backoff, where
     MLflow's default (7 retries, 120 s timeout) stalls a call for about 4 minutes. It prints no "View run"
@@ -430,6 +449,8 @@ class Tracker:
         self.interval_s, self.close_s = interval_s, close_s
         self.sender: Sender | None = None
         set_mlflow_env()  # here, on the caller's thread: the sender thread must not change the environment
+        if not offline:
+            preload_mlflow(tracking_uri)
         self._record: dict | None = None
         self._closed: bool | None = None  # after close: whether everything was sent
 
