@@ -260,3 +260,47 @@ print("unchanged")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0 and "unchanged" in result.stdout, result.stdout + result.stderr
+
+
+def migrating(folder: Path, name: str) -> bool:
+    """Some file of the store `name` in `folder` (the store itself or its temp file) holds MLflow's migration
+    bookkeeping: the schema's migrations have begun."""
+    import sqlite3
+
+    for path in folder.iterdir():
+        if path.name in (name, ) or (path.name.startswith(f".{name}") and rr.is_temp(path)):
+            try:
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05) as db:
+                    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
+                        return True
+            except sqlite3.Error:
+                pass
+    return False
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.15, 0.3])
+def test_a_process_killed_while_it_creates_a_sqlite_store_leaves_none_or_a_whole_one(tmp_path, delay_s):
+    """MLflow makes a schema by some fifty migrations that sqlite commits one by one; SIGKILL lands among them
+    (as it may in a trainer's first sender pass). The next opener must find a usable store, or none."""
+    database = tmp_path / "mlflow.db"
+    code = ("import sys; from twm.tracking import client_for; import mlflow.tracking; "
+            "print('ready', flush=True); client_for(f'sqlite:///{sys.argv[1]}')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(database)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while not migrating(tmp_path, database.name):
+            assert proc.poll() is None and time.monotonic() < deadline, "the migrations were never begun"
+            time.sleep(0.002)
+        time.sleep(delay_s)
+    finally:
+        proc.kill()
+        proc.wait()
+    from twm.tracking import client_for
+
+    client = client_for(f"sqlite:///{database}")  # the next user: a trainer's resumed sender, or sync
+    run = client.create_run(client.create_experiment("smoke"))
+    client.log_metric(run.info.run_id, "obs/loss", 0.5, step=100)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "obs/loss")] == [100]
+    assert not [p for p in tmp_path.iterdir() if rr.is_temp(p)]

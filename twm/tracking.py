@@ -151,7 +151,29 @@ def client_for(uri: str):
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with rr.FileLock.acquire(database.with_name(database.name + ".lock"), wait_s=None):
+        if not database.exists() or database.stat().st_size == 0:
+            create_sqlite_store(database)
         return MlflowClient(tracking_uri=uri)
+
+
+def create_sqlite_store(database: Path) -> None:
+    """Make a new sqlite store whole under a temp name, then rename it into place (the caller holds the
+    store's lock). MLflow creates a schema by some fifty migrations that are not one transaction (sqlite
+    commits each DDL statement), so a process killed midway, as a trainer may be at any moment, would leave
+    a store on which every later opener fails ("duplicate column name: step")."""
+    from mlflow.tracking import MlflowClient
+
+    for stale in database.parent.glob(f".{database.name}{rr.TEMP_MARK}*"):  # of a creator killed midway
+        stale.unlink(missing_ok=True)
+    temp = rr.temp_path(database)
+    client = MlflowClient(tracking_uri=f"sqlite:///{temp}")  # creates the whole schema
+    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
+    if engine is not None:
+        engine.dispose()  # no connection stays open on the temp name
+    with open(temp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temp, database)
+    rr.fsync_dir(database.parent)
 
 
 def ensure_experiment(client, name: str, location: str | None, tags: dict[str, str] | None = None) -> str:
