@@ -217,9 +217,6 @@ def test_an_append_cut_short_by_a_full_disk_does_not_garble_the_next_points(tiny
 
 def test_concurrent_first_users_of_a_fresh_sqlite_store_share_one_schema_and_experiment(tmp_path):
     # Without the schema lock 3 or 4 of 4 such processes crash in MLflow's alembic migrations.
-    import subprocess
-    import sys
-
     code = ("import sys; from pathlib import Path; from suite.tracking import ensure_experiment; "
             "d = Path(sys.argv[1]); print(ensure_experiment(f'sqlite:///{d}/mlflow.db', 'smoke', d))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
@@ -268,7 +265,7 @@ def migrating(folder: Path, name: str) -> bool:
     import sqlite3
 
     for path in folder.iterdir():
-        if path.name in (name, ) or (path.name.startswith(f".{name}") and rr.is_temp(path)):
+        if path.name == name or (path.name.startswith(f".{name}") and rr.is_temp(path)):
             try:
                 with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05) as db:
                     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
@@ -280,7 +277,7 @@ def migrating(folder: Path, name: str) -> bool:
 
 @pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.15, 0.3])
 def test_a_process_killed_while_it_creates_a_sqlite_store_leaves_none_or_a_whole_one(tmp_path, delay_s):
-    """MLflow makes a schema by some fifty migrations that sqlite commits one by one; SIGKILL lands among them
+    """MLflow makes a schema by 68 migrations that sqlite commits one by one; SIGKILL lands among them
     (as it may in a trainer's first sender pass). The next opener must find a usable store, or none."""
     database = tmp_path / "mlflow.db"
     code = ("import sys; from twm.tracking import client_for; import mlflow.tracking; "

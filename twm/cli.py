@@ -314,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # A crash in native code (a segfault in a library) leaves every thread's Python stack in the run's log
-    if not faulthandler.is_enabled():
-        faulthandler.enable()
+    faulthandler.enable()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -24,6 +24,7 @@ without a bound for the queue to drain.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -116,21 +117,18 @@ def set_mlflow_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def preload_mlflow(uri: str) -> None:
+SENDER_MODULES = ("mlflow.tracking", "mlflow.entities", "mlflow.exceptions",
+                  "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.tracking.rest_store")
+
+
+def preload_mlflow() -> None:
     """Import what the sender will use, on the caller's (main) thread before training starts: MLflow pulls in
     pandas, pyarrow, scipy, protobuf and cryptography, whose native initialisation should not run on a second
     thread while the trainer steps the emulator and torch (about 1.5 s, once). A broken install is not the
     run's problem here: the sender meets the same error and reports it as a tracking fault."""
     try:
-        import mlflow.entities  # noqa: F401
-        import mlflow.exceptions  # noqa: F401
-        import mlflow.tracking  # noqa: F401
-        if uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-            if uri.startswith("postgresql"):
-                import psycopg2  # noqa: F401
-        else:
-            import mlflow.store.tracking.rest_store  # noqa: F401
+        for module in SENDER_MODULES:
+            importlib.import_module(module)
     except Exception:  # noqa: BLE001, S110 - reported by the sender when it tries the same
         pass
 
@@ -158,7 +156,7 @@ def client_for(uri: str):
 
 def create_sqlite_store(database: Path) -> None:
     """Make a new sqlite store whole under a temp name, then rename it into place (the caller holds the
-    store's lock). MLflow creates a schema by some fifty migrations that are not one transaction (sqlite
+    store's lock). MLflow creates a schema by 68 migrations that are not one transaction (sqlite
     commits each DDL statement), so a process killed midway, as a trainer may be at any moment, would leave
     a store on which every later opener fails ("duplicate column name: step")."""
     from mlflow.tracking import MlflowClient
@@ -472,7 +470,7 @@ class Tracker:
         self.sender: Sender | None = None
         set_mlflow_env()  # here, on the caller's thread: the sender thread must not change the environment
         if not offline:
-            preload_mlflow(tracking_uri)
+            preload_mlflow()
         self._record: dict | None = None
         self._closed: bool | None = None  # after close: whether everything was sent
 

@@ -334,7 +334,7 @@ class Trainer:
         run wrote it, so it also counts the starts whose stop came before any checkpoint of their own."""
         status = rr.read_json(self.run_dir / rr.STATUS)
         attempt = status.get("attempt") if isinstance(status, dict) else None
-        return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt > 0 else 0
+        return attempt if isinstance(attempt, int) and attempt > 0 else 0
 
     def _position(self) -> tuple:
         return self.state.phase, self.buffer.size, self.state.updates
