@@ -83,4 +83,5 @@ def test_a_start_killed_before_its_first_checkpoint_still_counts(tmp_path):
     assert not again.restore()  # nothing to resume from: it starts from scratch
     assert again.state.attempt == 2
     (tmp_path / rr.STATUS).write_text("[1, 2")  # a torn or foreign status.json is no count
-    assert not train.Trainer(config, "Catch", 0, tmp_path, None, progress=False).restore()
+    torn = train.Trainer(config, "Catch", 0, tmp_path, None, progress=False)
+    assert not torn.restore() and torn.state.attempt == 1
